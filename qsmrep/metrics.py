@@ -1,0 +1,362 @@
+"""Image-quality metrics for susceptibility maps, as plain numpy functions.
+
+Every metric has the signature ``metric(pred, ref, mask=None) -> float``:
+
+* ``pred`` -- the reconstructed susceptibility map χ̂, shape ``(X, Y, Z)``, in ppm;
+* ``ref``  -- the ground-truth map χ, same shape, in ppm;
+* ``mask`` -- optional boolean array of the same shape (``None``: the whole volume).
+
+Inputs may be anything ``np.asarray`` accepts; torch tensors (CPU or GPU, with or without
+``requires_grad``) are detached and copied to the CPU first. Computation is in float64.
+
+Conventions follow the QSM reconstruction challenge 2.0 (Marques et al. 2021, MRM 86:526,
+doi:10.1002/mrm.28754): inside the mask both maps are demeaned (the mean *within the mask* is
+subtracted), and norms are taken over the mask voxels only.
+
+==========  =====================================================  ========  ===============
+name        definition                                             unit      better
+==========  =====================================================  ========  ===============
+``nrmse``   100 · ‖χ̂ − χ‖₂ / ‖χ‖₂                                  percent   lower
+``dnrmse``  NRMSE of (χ̂ − b)/a, with χ̂ ≈ a·χ + b least squares     percent   lower
+``hfen``    100 · ‖LoG(χ̂) − LoG(χ)‖₂ / ‖LoG(χ)‖₂, σ = 1.5 voxels   percent   lower
+``ssim``    3D SSIM, Gaussian window σ = 1.5, K1 = 0.01,           unitless  higher
+            K2 = 0.03, L = range of χ in the mask
+``xsim``    3D SSIM with L = 1 ppm, K1 = 0.01, K2 = 0.001          unitless  higher
+            (Milovic et al. 2024, MRM, doi:10.1002/mrm.30271)
+==========  =====================================================  ========  ===============
+
+``METRICS`` maps each name to its function and ``HIGHER_IS_BETTER`` to its direction (the
+fastMRI ``evaluate.py`` pattern). ``compute_metrics`` evaluates several at once,
+``summarize`` reduces a results table to mean ± sd per group, and ``format_mean_sd`` prints
+one such pair.
+
+Bad input (shapes differ, not 3D, non-finite values, empty mask, constant reference) raises
+``ValueError`` naming the offending argument.
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+from skimage.metrics import structural_similarity
+
+__all__ = [
+    "nrmse",
+    "dnrmse",
+    "hfen",
+    "ssim",
+    "xsim",
+    "METRICS",
+    "HIGHER_IS_BETTER",
+    "compute_metrics",
+    "summarize",
+    "format_mean_sd",
+    "HFEN_SIGMA",
+    "SSIM_SIGMA",
+    "SSIM_K1",
+    "SSIM_K2",
+    "XSIM_K1",
+    "XSIM_K2",
+    "XSIM_DATA_RANGE",
+]
+
+#: Standard deviation (voxels) of the Laplacian-of-Gaussian filter used by HFEN.
+HFEN_SIGMA = 1.5
+#: Standard deviation (voxels) of the Gaussian SSIM window (truncated at 3.5 σ: 11³ voxels).
+SSIM_SIGMA = 1.5
+#: SSIM stabilising constants (Wang et al. 2004, IEEE TIP 13:600).
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+#: XSIM constants and fixed dynamic range in ppm (Milovic et al. 2024).
+XSIM_K1 = 0.01
+XSIM_K2 = 0.001
+XSIM_DATA_RANGE = 1.0
+
+# |a| below this makes the dNRMSE correction (χ̂ − b)/a meaningless (a is dimensionless).
+_SLOPE_EPS = 1e-12
+
+
+# --------------------------------------------------------------------------------------------
+# input handling
+# --------------------------------------------------------------------------------------------
+def _to_numpy(x, name: str) -> np.ndarray:
+    """Return ``x`` as a numpy array; torch tensors are detached and moved to the CPU."""
+    if x is None:
+        raise ValueError(f"{name} must be a 3D array, got None")
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch
+        x = x.detach().cpu()
+        x = x.numpy() if hasattr(x, "numpy") else x
+    return np.asarray(x)
+
+
+def _prepare(pred, ref, mask):
+    """Validate inputs; return float64 ``pred``, ``ref`` and a boolean ``mask`` (never None)."""
+    p = _to_numpy(pred, "pred")
+    r = _to_numpy(ref, "ref")
+    for name, a in (("pred", p), ("ref", r)):
+        if a.ndim != 3:
+            raise ValueError(f"{name} must be a 3D array (X, Y, Z), got shape {a.shape}")
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+            raise ValueError(f"{name} must be numeric, got dtype {a.dtype}")
+        if np.iscomplexobj(a):
+            raise ValueError(f"{name} must be real-valued, got dtype {a.dtype}")
+    if p.shape != r.shape:
+        raise ValueError(f"pred and ref must have the same shape, got {p.shape} and {r.shape}")
+    p = p.astype(np.float64, copy=False)
+    r = r.astype(np.float64, copy=False)
+    for name, a in (("pred", p), ("ref", r)):
+        if not np.all(np.isfinite(a)):
+            n_bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+            raise ValueError(f"{name} contains {n_bad} non-finite value(s) (NaN or inf)")
+
+    if mask is None:
+        m = np.ones(r.shape, dtype=bool)
+    else:
+        m = _to_numpy(mask, "mask")
+        if m.shape != r.shape:
+            raise ValueError(f"mask must have the shape of ref {r.shape}, got {m.shape}")
+        if m.dtype != bool:
+            if not np.issubdtype(m.dtype, np.number) or not np.all(np.isin(m, (0, 1))):
+                raise ValueError(f"mask must be boolean (or 0/1), got dtype {m.dtype}")
+            m = m.astype(bool)
+        if not m.any():
+            raise ValueError("mask is empty: it selects no voxels")
+    return p, r, m
+
+
+def _demean(p: np.ndarray, r: np.ndarray, m: np.ndarray):
+    """Subtract each map's mean inside ``m`` and set voxels outside ``m`` to zero.
+
+    Raises ``ValueError`` when ``ref`` is constant inside the mask (its demeaned norm is 0,
+    so every relative metric is undefined).
+    """
+    p0 = np.where(m, p - p[m].mean(), 0.0)
+    r0 = np.where(m, r - r[m].mean(), 0.0)
+    # Compare against the data scale so round-off in the mean does not pass as signal.
+    scale = max(float(np.abs(r[m]).max()), np.finfo(np.float64).tiny)
+    if np.linalg.norm(r0[m]) <= 1e-12 * scale * np.sqrt(m.sum()):
+        raise ValueError("ref is constant inside the mask (zero norm after demeaning); "
+                         "relative metrics are undefined")
+    return p0, r0
+
+
+def _rel_err(p0: np.ndarray, r0: np.ndarray, m: np.ndarray) -> float:
+    """100 · ‖p0 − r0‖₂ / ‖r0‖₂ over the mask voxels."""
+    return float(100.0 * np.linalg.norm(p0[m] - r0[m]) / np.linalg.norm(r0[m]))
+
+
+# --------------------------------------------------------------------------------------------
+# metrics
+# --------------------------------------------------------------------------------------------
+def nrmse(pred, ref, mask=None) -> float:
+    """Normalised root-mean-square error, in percent (lower is better).
+
+    .. math:: \\mathrm{NRMSE} = 100 \\cdot \\|\\hat\\chi - \\chi\\|_2 / \\|\\chi\\|_2
+
+    computed over the voxels of ``mask`` after demeaning ``pred`` (χ̂) and ``ref`` (χ) within
+    the mask (QSM challenge 2.0, Marques et al. 2021). 0 for a perfect map, 100 for χ̂ = 0;
+    for χ̂ = c·χ it is 100·|c − 1|.
+
+    Args:
+        pred, ref: susceptibility maps (ppm), shape ``(X, Y, Z)``.
+        mask: boolean ``(X, Y, Z)`` or ``None`` (whole volume).
+    """
+    p, r, m = _prepare(pred, ref, mask)
+    p0, r0 = _demean(p, r, m)
+    return _rel_err(p0, r0, m)
+
+
+def dnrmse(pred, ref, mask=None) -> float:
+    """Detrended NRMSE, in percent (lower is better): NRMSE after removing a linear trend.
+
+    Within the mask (both maps demeaned), fit χ̂ ≈ a·χ + b by least squares,
+
+    .. math:: a = \\frac{\\mathrm{cov}(\\hat\\chi, \\chi)}{\\mathrm{var}(\\chi)}, \\quad
+              b = \\overline{\\hat\\chi} - a\\,\\overline{\\chi},
+
+    correct χ̂' = (χ̂ − b)/a and return NRMSE(χ̂', χ). It ignores global scaling and offset
+    errors (QSM challenge 2.0, Marques et al. 2021). Since the least-squares residual is no
+    longer than χ̂ − χ, dNRMSE ≤ NRMSE/|a|: it is at most the NRMSE when |a| ≥ 1, but can
+    exceed it for an under-scaled noisy map (dividing by a < 1 amplifies the noise).
+
+    If |a| < 1e-12 (``pred`` carries no linear trace of ``ref``, e.g. an all-zero map), the
+    correction is undefined: a ``RuntimeWarning`` is issued and NaN returned, so a table of
+    many cases still fills.
+    """
+    p, r, m = _prepare(pred, ref, mask)
+    p0, r0 = _demean(p, r, m)
+    x, y = r0[m], p0[m]
+    a = float(np.dot(x - x.mean(), y - y.mean()) / np.dot(x - x.mean(), x - x.mean()))
+    b = float(y.mean() - a * x.mean())
+    if not np.isfinite(a) or abs(a) < _SLOPE_EPS:
+        warnings.warn(f"dnrmse: fitted slope a = {a:.3g} is ~0 (pred does not follow ref); "
+                      "returning NaN", RuntimeWarning, stacklevel=2)
+        return float("nan")
+    corrected = (y - b) / a
+    return float(100.0 * np.linalg.norm(corrected - x) / np.linalg.norm(x))
+
+
+def hfen(pred, ref, mask=None) -> float:
+    """High-frequency error norm, in percent (lower is better).
+
+    .. math:: \\mathrm{HFEN} = 100 \\cdot \\|\\mathrm{LoG}(\\hat\\chi) - \\mathrm{LoG}(\\chi)\\|_2
+              / \\|\\mathrm{LoG}(\\chi)\\|_2
+
+    LoG is ``scipy.ndimage.gaussian_laplace`` with σ = 1.5 voxels (``HFEN_SIGMA``, default
+    ``mode='reflect'``, truncate 4σ), applied to the demeaned maps set to zero outside the mask;
+    the norms run over the mask voxels (Ravishankar & Bresler 2011; QSM challenge 2.0).
+    Isotropic voxels are assumed.
+    """
+    p, r, m = _prepare(pred, ref, mask)
+    p0, r0 = _demean(p, r, m)
+    lp = ndimage.gaussian_laplace(p0, sigma=HFEN_SIGMA)
+    lr = ndimage.gaussian_laplace(r0, sigma=HFEN_SIGMA)
+    denom = np.linalg.norm(lr[m])
+    if denom == 0.0:
+        raise ValueError("ref has no high-frequency content inside the mask "
+                         "(LoG(ref) is zero); HFEN is undefined")
+    return float(100.0 * np.linalg.norm(lp[m] - lr[m]) / denom)
+
+
+def _ssim_core(p0, r0, m, masked: bool, data_range: float, k1: float, k2: float) -> float:
+    """3D SSIM on prepared volumes; mean over ``m`` if ``masked`` else skimage's mean."""
+    if min(r0.shape) < 11:  # Gaussian window σ = 1.5, truncate 3.5 → 11 voxels wide
+        raise ValueError(f"ref must be at least 11 voxels along each axis for the 11³ SSIM "
+                         f"window, got shape {r0.shape}")
+    mssim, smap = structural_similarity(
+        p0, r0, data_range=data_range, gaussian_weights=True, sigma=SSIM_SIGMA,
+        use_sample_covariance=False, K1=k1, K2=k2, full=True,
+    )
+    return float(smap[m].mean()) if masked else float(mssim)
+
+
+def ssim(pred, ref, mask=None) -> float:
+    """3D structural similarity index (Wang et al. 2004), unitless, ≤ 1 (higher is better).
+
+    .. math:: \\mathrm{SSIM} = \\frac{(2\\mu_x\\mu_y + C_1)(2\\sigma_{xy} + C_2)}
+              {(\\mu_x^2 + \\mu_y^2 + C_1)(\\sigma_x^2 + \\sigma_y^2 + C_2)},
+              \\quad C_i = (K_i L)^2
+
+    Settings (wrapping ``skimage.metrics.structural_similarity``):
+
+    * local statistics with a 3D Gaussian window, σ = 1.5 voxels, truncated at 3.5σ (11³),
+      ``gaussian_weights=True``, ``use_sample_covariance=False`` (population covariance),
+      boundary ``mode='reflect'``;
+    * K1 = 0.01, K2 = 0.03;
+    * L = ``data_range`` = max − min of the demeaned reference inside the mask (ppm);
+    * inputs: both maps demeaned within the mask and set to 0 outside it;
+    * reduction: with a ``mask``, the mean of the full SSIM map over the mask voxels; with
+      ``mask=None``, skimage's own mean (which drops a 5-voxel border strip).
+
+    Each axis must be at least 11 voxels long.
+    """
+    p, r, m = _prepare(pred, ref, mask)
+    p0, r0 = _demean(p, r, m)
+    data_range = float(r0[m].max() - r0[m].min())
+    return _ssim_core(p0, r0, m, mask is not None, data_range, SSIM_K1, SSIM_K2)
+
+
+def xsim(pred, ref, mask=None) -> float:
+    """XSIM: SSIM adapted to susceptibility maps (Milovic et al. 2024, MRM,
+    doi:10.1002/mrm.30271), unitless, ≤ 1 (higher is better).
+
+    Same computation as :func:`ssim` (Gaussian window σ = 1.5, population covariance, maps
+    demeaned within and zeroed outside the mask, mean over the mask) but with a fixed dynamic
+    range L = 1 (maps in ppm, not rescaled), K1 = 0.01 and K2 = 0.001. The small constants
+    keep the index sensitive to the low-contrast values typical of χ maps.
+    """
+    p, r, m = _prepare(pred, ref, mask)
+    p0, r0 = _demean(p, r, m)
+    return _ssim_core(p0, r0, m, mask is not None, XSIM_DATA_RANGE, XSIM_K1, XSIM_K2)
+
+
+#: Metric name → function ``(pred, ref, mask=None) -> float``.
+METRICS: dict[str, Callable[..., float]] = {
+    "nrmse": nrmse,
+    "dnrmse": dnrmse,
+    "hfen": hfen,
+    "ssim": ssim,
+    "xsim": xsim,
+}
+
+#: Metric name → True when a larger value means a better reconstruction.
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "nrmse": False,
+    "dnrmse": False,
+    "hfen": False,
+    "ssim": True,
+    "xsim": True,
+}
+
+
+def _check_names(names: Iterable[str]) -> list[str]:
+    names = [names] if isinstance(names, str) else list(names)
+    for n in names:
+        if n not in METRICS:
+            close = difflib.get_close_matches(str(n), list(METRICS), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown metric {n!r} in names (known: {sorted(METRICS)}){hint}")
+    return names
+
+
+def compute_metrics(pred, ref, mask=None, names=None) -> dict[str, float]:
+    """Evaluate several metrics on one case.
+
+    Args:
+        pred, ref: susceptibility maps (ppm), shape ``(X, Y, Z)``.
+        mask: boolean ``(X, Y, Z)`` or ``None``.
+        names: metric names from ``METRICS`` (default: all, in table order).
+
+    Returns:
+        ``{name: value}`` in the order of ``names``.
+    """
+    names = list(METRICS) if names is None else _check_names(names)
+    return {n: METRICS[n](pred, ref, mask) for n in names}
+
+
+def summarize(table: pd.DataFrame, by: list[str] | str, metrics=None) -> pd.DataFrame:
+    """Mean and standard deviation of metric columns per group.
+
+    Args:
+        table: one row per case, with the grouping columns and metric columns.
+        by: grouping column name(s), e.g. ``["activation", "channels"]``.
+        metrics: metric columns to summarise (default: every ``METRICS`` name present in
+            ``table``, in table order).
+
+    Returns:
+        One row per group: the ``by`` columns, ``n`` (rows in the group), then
+        ``<metric>_mean`` and ``<metric>_sd`` for each metric. The sd is the sample standard
+        deviation (ddof = 1); for a group of a single row it is reported as 0 (not NaN).
+        NaN metric values (e.g. an undefined dNRMSE) are skipped by mean and sd.
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    missing = [c for c in by if c not in table.columns]
+    if missing:
+        raise ValueError(f"by names columns not in table: {missing}")
+    if metrics is None:
+        metrics = [c for c in METRICS if c in table.columns]
+        if not metrics:
+            raise ValueError(f"table has no metric columns (expected some of {list(METRICS)})")
+    else:
+        metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+        missing = [c for c in metrics if c not in table.columns]
+        if missing:
+            raise ValueError(f"metrics names columns not in table: {missing}")
+
+    grouped = table.groupby(by, sort=True, dropna=False)
+    out = grouped.size().rename("n").to_frame()
+    for c in metrics:
+        out[f"{c}_mean"] = grouped[c].mean()
+        out[f"{c}_sd"] = grouped[c].std(ddof=1).where(out["n"] > 1, 0.0)
+    return out.reset_index()
+
+
+def format_mean_sd(mean: float, sd: float, digits: int = 1) -> str:
+    """Format ``mean ± sd`` with ``digits`` decimals, e.g. ``format_mean_sd(12.34, 0.4)`` →
+    ``"12.3 ± 0.4"``."""
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"

@@ -1,0 +1,312 @@
+"""Tests for qsmrep.metrics against closed-form values and independent implementations."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage
+from skimage.metrics import structural_similarity
+
+from qsmrep import metrics as M
+
+SHAPE = (24, 22, 20)  # odd/unequal sizes, all ≥ 11 (SSIM window)
+
+
+def _smooth_map(seed: int, shape=SHAPE) -> np.ndarray:
+    """A smooth random χ map in ppm, demeaned over the whole volume."""
+    rng = np.random.default_rng(seed)
+    x = ndimage.gaussian_filter(rng.standard_normal(shape), 2.0)
+    x = 0.1 * x / x.std()
+    return x - x.mean()
+
+
+def _ball_mask(shape=SHAPE, radius=8.0) -> np.ndarray:
+    c = [(s - 1) / 2 for s in shape]
+    g = np.meshgrid(*[np.arange(s) - ci for s, ci in zip(shape, c)], indexing="ij")
+    return sum(gi**2 for gi in g) <= radius**2
+
+
+@pytest.fixture
+def ref():
+    return _smooth_map(0)
+
+
+@pytest.fixture
+def mask():
+    return _ball_mask()
+
+
+def _nrmse_by_hand(p, r, m):
+    p = p[m] - p[m].mean()
+    r = r[m] - r[m].mean()
+    return 100 * np.sqrt(np.sum((p - r) ** 2)) / np.sqrt(np.sum(r**2))
+
+
+# ---------------------------------------------------------------------------- NRMSE
+def test_nrmse_identical_is_zero(ref):
+    assert M.nrmse(ref, ref) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_nrmse_of_zero_prediction_is_100(ref, mask):
+    assert M.nrmse(np.zeros_like(ref), ref) == pytest.approx(100.0, rel=1e-12)
+    assert M.nrmse(np.zeros_like(ref), ref, mask) == pytest.approx(100.0, rel=1e-12)
+
+
+@pytest.mark.parametrize("c", [0.0, 0.5, 0.9, 1.3, 2.0, -1.0])
+def test_nrmse_of_scaled_map(ref, c):
+    assert abs(ref.mean()) < 1e-12
+    assert M.nrmse(c * ref, ref) == pytest.approx(100 * abs(c - 1), abs=1e-9)
+
+
+def test_nrmse_ignores_constant_offset(ref, mask):
+    assert M.nrmse(ref + 3.0, ref) == pytest.approx(0.0, abs=1e-9)
+    assert M.nrmse(ref + 3.0, ref, mask) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_nrmse_mask_ignores_outside_voxels(ref, mask):
+    rng = np.random.default_rng(1)
+    pred = ref + 0.02 * rng.standard_normal(ref.shape)
+    base = M.nrmse(pred, ref, mask)
+    pred2 = pred.copy()
+    pred2[~mask] += 10 * rng.standard_normal(int((~mask).sum()))
+    ref2 = ref.copy()
+    ref2[~mask] = -7.0
+    assert M.nrmse(pred2, ref2, mask) == pytest.approx(base, rel=1e-12)
+    # ... whereas without the mask the perturbation counts
+    assert M.nrmse(pred2, ref, None) > 5 * M.nrmse(pred, ref, None)
+
+
+def test_nrmse_mask_matches_hand_computation(ref, mask):
+    rng = np.random.default_rng(2)
+    pred = 0.8 * ref + 0.03 * rng.standard_normal(ref.shape) + 0.1
+    pred[~mask] = 0.0  # differs from the unmasked value
+    expected = _nrmse_by_hand(pred, ref, mask)
+    assert M.nrmse(pred, ref, mask) == pytest.approx(expected, rel=1e-12)
+    assert M.nrmse(pred, ref, mask) != pytest.approx(M.nrmse(pred, ref), rel=1e-3)
+
+
+def test_mask_accepts_zero_one_integers(ref, mask):
+    pred = 0.7 * ref
+    assert M.nrmse(pred, ref, mask.astype(np.uint8)) == pytest.approx(M.nrmse(pred, ref, mask))
+
+
+# ---------------------------------------------------------------------------- dNRMSE
+@pytest.mark.parametrize("a,b", [(2.5, -0.3), (0.2, 1.0), (-1.5, 0.0)])
+def test_dnrmse_of_linear_transform_is_zero(ref, mask, a, b):
+    assert M.dnrmse(a * ref + b, ref) == pytest.approx(0.0, abs=1e-6)
+    assert M.dnrmse(a * ref + b, ref, mask) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_dnrmse_not_above_nrmse_for_noisy_scaled_map(ref, mask):
+    # The LS residual r = χ̂ − aχ − b is no longer than χ̂ − χ, and dNRMSE = 100‖r‖/(|a|‖χ‖),
+    # so dNRMSE ≤ NRMSE/|a|: guaranteed ≤ NRMSE when the fitted |a| ≥ 1, and in practice when the
+    # scaling error dominates the noise.
+    rng = np.random.default_rng(3)
+    for scale, noise in ((1.2, 0.03), (1.4, 0.03), (2.0, 0.05), (0.6, 0.005), (0.8, 0.01)):
+        pred = scale * ref + noise * rng.standard_normal(ref.shape) + 0.2
+        for m in (None, mask):
+            d, n = M.dnrmse(pred, ref, m), M.nrmse(pred, ref, m)
+            assert 0 < d <= n + 1e-9, (scale, noise, d, n)
+
+
+def test_dnrmse_bounded_by_nrmse_over_slope(ref, mask):
+    rng = np.random.default_rng(8)
+    for scale in (0.3, 0.6, 1.5):
+        pred = scale * ref + 0.05 * rng.standard_normal(ref.shape)
+        a = np.polyfit(ref[mask], pred[mask], 1)[0]
+        assert M.dnrmse(pred, ref, mask) <= M.nrmse(pred, ref, mask) / abs(a) + 1e-9
+
+
+def test_dnrmse_matches_polyfit(ref, mask):
+    rng = np.random.default_rng(4)
+    pred = 0.7 * ref + 0.04 * rng.standard_normal(ref.shape) - 0.05
+    a, b = np.polyfit(ref[mask], pred[mask], 1)
+    corrected = np.where(mask, (pred - b) / a, 0.0)
+    assert M.dnrmse(pred, ref, mask) == pytest.approx(_nrmse_by_hand(corrected, ref, mask),
+                                                      rel=1e-9)
+
+
+def test_dnrmse_zero_slope_gives_nan_with_warning(ref):
+    with pytest.warns(RuntimeWarning, match="slope"):
+        assert np.isnan(M.dnrmse(np.zeros_like(ref), ref))
+
+
+# ---------------------------------------------------------------------------- HFEN
+def _hfen_by_hand(pred, ref, mask, sigma=1.5):
+    p = np.where(mask, pred - pred[mask].mean(), 0.0)
+    r = np.where(mask, ref - ref[mask].mean(), 0.0)
+    lp = ndimage.gaussian_laplace(p, sigma)
+    lr = ndimage.gaussian_laplace(r, sigma)
+    return 100 * np.sqrt(np.sum((lp - lr)[mask] ** 2) / np.sum(lr[mask] ** 2))
+
+
+def test_hfen_identical_is_zero(ref, mask):
+    assert M.hfen(ref, ref) == pytest.approx(0.0, abs=1e-12)
+    assert M.hfen(ref + 1.0, ref, mask) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_hfen_positive_for_blur_and_grows_with_blur(ref):
+    values = [M.hfen(ndimage.gaussian_filter(ref, s), ref) for s in (0.5, 1.0, 2.0)]
+    assert values[0] > 0
+    assert values == sorted(values)
+
+
+def test_hfen_matches_independent_implementation(ref, mask):
+    rng = np.random.default_rng(5)
+    pred = ndimage.gaussian_filter(ref, 1.0) + 0.01 * rng.standard_normal(ref.shape)
+    assert M.hfen(pred, ref, mask) == pytest.approx(_hfen_by_hand(pred, ref, mask), rel=1e-10)
+    full = np.ones(ref.shape, bool)
+    assert M.hfen(pred, ref) == pytest.approx(_hfen_by_hand(pred, ref, full), rel=1e-10)
+
+
+# ---------------------------------------------------------------------------- SSIM / XSIM
+def _skimage(pred, ref, data_range, k1, k2):
+    # inputs already mean-zero over the volume, so demeaning is a no-op
+    return structural_similarity(pred, ref, data_range=data_range, gaussian_weights=True,
+                                 sigma=1.5, use_sample_covariance=False, K1=k1, K2=k2)
+
+
+def _noisy(ref, level, seed=6):
+    pred = ref + level * np.random.default_rng(seed).standard_normal(ref.shape)
+    return pred - pred.mean()
+
+
+def test_ssim_matches_skimage_without_mask(ref):
+    pred = _noisy(ref, 0.03)
+    expected = _skimage(pred, ref, ref.max() - ref.min(), 0.01, 0.03)
+    assert M.ssim(pred, ref) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_ssim_identical_is_one(ref, mask):
+    assert M.ssim(ref, ref) == pytest.approx(1.0, abs=1e-12)
+    assert M.ssim(ref, ref, mask) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_ssim_decreases_with_noise(ref, mask):
+    levels = [0.0, 0.01, 0.03, 0.1, 0.3]
+    for m in (None, mask):
+        values = [M.ssim(_noisy(ref, s), ref, m) for s in levels]
+        assert all(a > b for a, b in zip(values, values[1:])), values
+
+
+def test_ssim_with_mask_is_mean_of_map_inside_mask(ref, mask):
+    pred = _noisy(ref, 0.03)
+    p = np.where(mask, pred - pred[mask].mean(), 0.0)
+    r = np.where(mask, ref - ref[mask].mean(), 0.0)
+    _, smap = structural_similarity(p, r, data_range=r[mask].max() - r[mask].min(),
+                                    gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False, K1=0.01, K2=0.03, full=True)
+    assert M.ssim(pred, ref, mask) == pytest.approx(smap[mask].mean(), rel=1e-12)
+    # values outside the mask do not matter
+    pred2 = pred.copy()
+    pred2[~mask] = 5.0
+    assert M.ssim(pred2, ref, mask) == pytest.approx(M.ssim(pred, ref, mask), rel=1e-12)
+
+
+def test_xsim_identical_is_one(ref, mask):
+    assert M.xsim(ref, ref) == pytest.approx(1.0, abs=1e-12)
+    assert M.xsim(ref, ref, mask) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_xsim_matches_skimage_and_differs_from_ssim(ref):
+    pred = _noisy(ref, 0.03)
+    expected = _skimage(pred, ref, 1.0, 0.01, 0.001)
+    assert M.xsim(pred, ref) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    assert abs(M.xsim(pred, ref) - M.ssim(pred, ref)) > 1e-3
+
+
+def test_ssim_returns_python_float(ref, mask):
+    for name, f in M.METRICS.items():
+        assert type(f(0.9 * ref, ref, mask)) is float, name
+
+
+def test_torch_tensors_accepted(ref, mask):
+    torch = pytest.importorskip("torch")
+    t_pred = torch.tensor(0.8 * ref, requires_grad=True)
+    t_ref = torch.tensor(ref)
+    assert M.nrmse(t_pred, t_ref, torch.tensor(mask)) == pytest.approx(
+        M.nrmse(0.8 * ref, ref, mask))
+
+
+# ---------------------------------------------------------------------------- table & helpers
+def test_metric_table():
+    names = {"nrmse", "dnrmse", "hfen", "ssim", "xsim"}
+    assert set(M.METRICS) == names
+    assert set(M.HIGHER_IS_BETTER) == names
+    assert M.HIGHER_IS_BETTER["ssim"] and M.HIGHER_IS_BETTER["xsim"]
+    assert not any(M.HIGHER_IS_BETTER[n] for n in ("nrmse", "dnrmse", "hfen"))
+
+
+def test_compute_metrics(ref, mask):
+    pred = _noisy(ref, 0.02)
+    out = M.compute_metrics(pred, ref, mask)
+    assert list(out) == list(M.METRICS)
+    for n, v in out.items():
+        assert v == pytest.approx(M.METRICS[n](pred, ref, mask))
+    sub = M.compute_metrics(pred, ref, names=["ssim", "nrmse"])
+    assert list(sub) == ["ssim", "nrmse"]
+    with pytest.raises(ValueError, match="did you mean 'nrmse'"):
+        M.compute_metrics(pred, ref, names=["nrsme"])
+
+
+def test_summarize_against_numpy():
+    rng = np.random.default_rng(7)
+    table = pd.DataFrame({
+        "act": ["elu"] * 4 + ["relu"] * 3 + ["lrelu"],
+        "ch": [16, 16, 32, 32, 16, 16, 16, 32],
+        "nrmse": rng.uniform(10, 50, 8),
+        "ssim": rng.uniform(0.5, 1, 8),
+    })
+    s = M.summarize(table, ["act", "ch"])
+    assert {"act", "ch", "n", "nrmse_mean", "nrmse_sd", "ssim_mean", "ssim_sd"} <= set(s)
+    assert len(s) == 4
+    for _, row in s.iterrows():
+        sel = table[(table.act == row.act) & (table.ch == row.ch)]
+        assert row.n == len(sel)
+        for c in ("nrmse", "ssim"):
+            vals = sel[c].to_numpy()
+            assert row[f"{c}_mean"] == pytest.approx(np.mean(vals))
+            sd = np.std(vals, ddof=1) if len(vals) > 1 else 0.0
+            assert row[f"{c}_sd"] == pytest.approx(sd)
+    single = s[(s.act == "lrelu")].iloc[0]
+    assert single.n == 1 and single.nrmse_sd == 0.0
+
+    s1 = M.summarize(table, "act", metrics="nrmse")
+    assert list(s1.columns) == ["act", "n", "nrmse_mean", "nrmse_sd"]
+    elu = table[table.act == "elu"].nrmse.to_numpy()
+    row = s1[s1.act == "elu"].iloc[0]
+    assert row.nrmse_mean == pytest.approx(elu.mean())
+    assert row.nrmse_sd == pytest.approx(elu.std(ddof=1))
+
+
+def test_format_mean_sd():
+    assert M.format_mean_sd(12.34, 0.4, 1) == "12.3 ± 0.4"
+    assert M.format_mean_sd(0.91234, 0.01234, 3) == "0.912 ± 0.012"
+
+
+# ---------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("f", list(M.METRICS.values()), ids=list(M.METRICS))
+def test_bad_inputs_raise(f, ref, mask):
+    with pytest.raises(ValueError, match="same shape"):
+        f(ref[:-1], ref)
+    with pytest.raises(ValueError, match="pred must be a 3D"):
+        f(ref[0], ref[0])
+    with pytest.raises(ValueError, match="ref must be a 3D"):
+        f(ref, ref[None])
+    bad = ref.copy()
+    bad[1, 2, 3] = np.nan
+    with pytest.raises(ValueError, match="pred contains 1 non-finite"):
+        f(bad, ref)
+    bad[1, 2, 3] = np.inf
+    with pytest.raises(ValueError, match="ref contains 1 non-finite"):
+        f(ref, bad)
+    with pytest.raises(ValueError, match="mask is empty"):
+        f(ref, ref, np.zeros(ref.shape, bool))
+    with pytest.raises(ValueError, match="mask must have the shape"):
+        f(ref, ref, mask[:-1])
+    with pytest.raises(ValueError, match="mask must be boolean"):
+        f(ref, ref, np.full(ref.shape, 0.5))
+    with pytest.raises(ValueError, match="ref is constant"):
+        f(ref, np.full(ref.shape, 0.3))
+    const_in_mask = np.where(mask, 0.1, ref)
+    with pytest.raises(ValueError, match="ref is constant"):
+        f(ref, const_in_mask, mask)
