@@ -1,0 +1,172 @@
+"""Command line: ``python -m qsmrep {train,evaluate,bench,config} …`` (``--help`` on each)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from qsmrep.config import PROFILES, Config, parse_assignments
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit code 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def _config_from_args(args) -> Config:
+    overrides = {}
+    if getattr(args, "config", None):
+        overrides.update(Config.load(args.config).to_dict())
+        overrides.pop("profile", None)
+    for name, value in (("activation", args.activation), ("initial_channels", args.channels), ("seed", args.seed),
+                        ("epochs", args.epochs), ("precision", args.precision), ("device", args.device)):
+        if value is not None:
+            overrides[name] = value
+    overrides.update(parse_assignments(args.set or []))
+    return Config.from_profile(args.profile, **overrides)
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="cpu", help=f"preset to start from: {', '.join(PROFILES)} (default: cpu)")
+    p.add_argument("--config", help="a saved config (.yaml/.json) whose fields override the profile")
+    p.add_argument("--activation", help="activation: relu, leaky_relu, elu, gelu, silu, prelu, mish (default: profile's, elu)")
+    p.add_argument("--channels", type=int, help="initial channels of the U-Net (paper: 16 or 32)")
+    p.add_argument("--seed", type=int, help="training seed (initialisation, map order, patch positions)")
+    p.add_argument("--epochs", type=int, help="number of epochs (paper: 100)")
+    p.add_argument("--precision", help="fp32 or bf16 (autocast for the network)")
+    p.add_argument("--device", help="auto (CUDA if present), cpu or cuda")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override any config field, repeatable (e.g. --set lr=5e-4 --set n_train=100)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m qsmrep", description="Reproduction of Graf et al., ISMRM 2023 #5188 (QSM U-Net activations).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train one variant (resumes an interrupted run in the same folder)")
+    _add_config_options(p)
+    p.add_argument("--out", required=True, help="run folder: config.yaml, history.csv, checkpoints")
+    p.add_argument("--force", action="store_true", help="discard a previous run in --out and start again")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("evaluate", help="evaluate checkpoints (and TKD/Tikhonov) on the test maps")
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint files (epoch_EEE.pt); label = folder name + epoch")
+    p.add_argument("--out", required=True, help="folder for metrics_per_map.csv, metrics_summary.csv, arrays.npz")
+    p.add_argument("--n-test", type=int, help="number of test maps (default: the checkpoint's n_test)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--no-baselines", action="store_true", help="skip TKD and Tikhonov")
+
+    p = sub.add_parser("config", help="print a profile's resolved configuration as YAML")
+    _add_config_options(p)
+
+    p = sub.add_parser("status", help="list the unfinished variants of a profile as activation:channels:seed lines")
+    p.add_argument("--profile", default="cpu", help="profile (default: cpu)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (default 1)")
+    p.add_argument("--all", action="store_true", help="list every variant, finished or not")
+
+    p = sub.add_parser("estimate", help="print memory and disk estimates for a profile; exit 2 where it cannot fit")
+    p.add_argument("--profile", default="paper", help="profile (default: paper)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per variant")
+
+    p = sub.add_parser("offline-html", help="strip network references from a rendered report")
+    p.add_argument("source", help="HTML written by nbconvert")
+    p.add_argument("target", help="self-contained HTML to write")
+
+    p = sub.add_parser("bench", help="benchmark training steps, generator and forward field")
+    p.add_argument("--profile", default="cpu", help="profile whose patch size is benchmarked")
+    p.add_argument("--quick", action="store_true", help="fewer repeats and cases (≤ 5 minutes on 2 cores)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per case")
+    p.add_argument("--no-monai", action="store_true", help="skip the MONAI BasicUNet reference")
+    return parser
+
+
+def _run(args) -> int:
+    if args.command == "config":
+        print(_config_from_args(args).to_yaml(), end="")
+        return 0
+    if args.command == "train":
+        from qsmrep.train import NonFiniteError, train
+
+        config = _config_from_args(args)
+        try:
+            history = train(config, args.out, progress=not args.no_progress, force=args.force)
+        except NonFiniteError as err:
+            print(f"qsmrep: training stopped: {err}", file=sys.stderr)
+            return 1
+        last = history.iloc[-1]
+        print(f"{config.variant}: {len(history)} epochs, val NRMSE {last['val_nrmse']:.2f} %, run folder {args.out}")
+        return 0
+    if args.command == "evaluate":
+        from qsmrep.evaluate import evaluate_runs, load_model
+
+        checkpoints = {}
+        for path in args.checkpoints:
+            _, config, epoch = load_model(path)
+            checkpoints[f"{Path(path).resolve().parent.name}@{epoch}"] = path
+        if args.n_test is not None:
+            config = config.replace(n_test=args.n_test)
+        table = evaluate_runs(checkpoints, args.out, config, args.device, baselines=not args.no_baselines)
+        print(table.groupby("label")[["nrmse", "ssim"]].mean().round(3).to_string())
+        return 0
+    if args.command == "status":
+        from qsmrep.results import PAPER_VARIANTS, run_dir
+        from qsmrep.train import is_finished
+
+        if args.seeds < 1:
+            raise ValueError(f"--seeds: must be ≥ 1, got {args.seeds}")
+        for seed in range(args.seeds):
+            for activation, channels in PAPER_VARIANTS:
+                config = Config.from_profile(args.profile, activation=activation, initial_channels=channels, seed=seed)
+                if args.all or not is_finished(run_dir(args.profile, activation, channels, seed), config):
+                    print(f"{activation}:{channels}:{seed}")
+        return 0
+    if args.command == "estimate":
+        import os
+
+        from qsmrep.estimate import estimate
+
+        Config.from_profile(args.profile)
+        lines, problems = estimate(args.profile, seeds=args.seeds)
+        print(f"estimate for profile {args.profile}:")
+        for line in lines:
+            print(f"  {line}")
+        if os.environ.get("QSMREP_ALLOW_CPU") == "1":
+            problems = [p for p in problems if not p.startswith("no CUDA GPU")]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return 0
+    if args.command == "offline-html":
+        from qsmrep import io
+        from qsmrep.report import external_references, make_offline
+
+        html = make_offline(Path(args.source).read_text(encoding="utf-8"))
+        left = external_references(html)
+        if left:
+            raise ValueError(f"report still references the network: {left[:3]}")
+        io.write_text(args.target, html)
+        return 0
+    if args.command == "bench":
+        from qsmrep.bench import main as bench_main
+
+        return bench_main(args)
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ValueError as err:
+        print(f"qsmrep: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("qsmrep: interrupted; finished epochs are kept, run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

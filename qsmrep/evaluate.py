@@ -1,0 +1,132 @@
+"""Test-set evaluation of checkpoints and classical baselines into metric tables.
+
+The test maps are split ``"test"`` of the generator (disjoint seeds from train and validation),
+full maps, metrics inside each map's mask with the QSM challenge 2.0 conventions
+(:mod:`qsmrep.metrics`). One row per (model, checkpoint epoch, test map).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from qsmrep import io
+from qsmrep.config import Config
+from qsmrep.data import SyntheticMaps
+from qsmrep.metrics import METRICS, compute_metrics, summarize
+from qsmrep.physics import tikhonov, tkd
+from qsmrep.train import autocast, load_checkpoint, load_model_state, resolve_device
+from qsmrep.unet import UNet3D
+
+BASELINES = {
+    "TKD": lambda field, cfg: tkd(field, threshold=0.19, voxel_size=cfg.voxel_size, b0_dir=cfg.b0_dir),
+    "Tikhonov": lambda field, cfg: tikhonov(field, alpha=0.05, voxel_size=cfg.voxel_size, b0_dir=cfg.b0_dir),
+}
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu", expect: Config | None = None) -> tuple[UNet3D, Config, int]:
+    """Model, its config and epoch from a checkpoint; ValueError if it does not match ``expect``'s architecture."""
+    ckpt = load_checkpoint(path, map_location=device)
+    config = Config.from_dict(ckpt["config"])
+    if expect is not None and expect.model_kwargs() != config.model_kwargs():
+        raise ValueError(f"checkpoint: {path} holds {config.model_kwargs()}, expected {expect.model_kwargs()}")
+    model = UNet3D(**config.model_kwargs()).to(device)
+    load_model_state(model, ckpt["model"], str(path))
+    model.eval()
+    return model, config, int(ckpt["epoch"])
+
+
+@torch.no_grad()
+def predict(model: UNet3D, field: torch.Tensor, device: torch.device | str = "cpu", precision: str = "fp32") -> torch.Tensor:
+    """χ̂ of one field map (X, Y, Z) → (X, Y, Z) float32 on the CPU."""
+    device = torch.device(device)
+    with autocast(device, precision):
+        pred = model(field.reshape(1, 1, *field.shape[-3:]).to(device))
+    return pred.float()[0, 0].cpu()
+
+
+def load_test_maps(config: Config, n: int | None = None) -> SyntheticMaps:
+    """The test split of ``config``'s generator (``n`` maps, default ``config.n_test``)."""
+    return SyntheticMaps("test", n or config.n_test, config.map_size, config.data_seed, cache=True)
+
+
+def evaluate_checkpoint(path: str | Path, n_test: int | None = None, device: str = "auto",
+                        keep_arrays: int = 1) -> tuple[pd.DataFrame, dict]:
+    """Evaluate one checkpoint on the test maps.
+
+    Returns ``(table, arrays)``: one row per map with columns model, activation, channels, epoch,
+    map and the metrics of :data:`qsmrep.metrics.METRICS`; ``arrays`` holds the predictions of the
+    first ``keep_arrays`` maps as numpy (X, Y, Z) under ``pred_<map>``.
+    """
+    dev = resolve_device(device)
+    model, config, epoch = load_model(path, dev)
+    rows, arrays = [], {}
+    maps = load_test_maps(config, n_test)
+    for index in range(len(maps)):
+        sample = maps[index]
+        pred = predict(model, sample["field"][0], dev, config.precision)
+        rows.append({"model": config.variant, "activation": config.activation, "channels": config.initial_channels, "seed": config.seed,
+                     "epoch": epoch, "map": index,
+                     **compute_metrics(pred.numpy(), sample["chi"][0].numpy(), sample["mask"][0].numpy())})
+        if index < keep_arrays:
+            arrays[f"pred_{index}"] = pred.numpy()
+    return pd.DataFrame(rows), arrays
+
+
+def evaluate_baselines(config: Config, n_test: int | None = None, keep_arrays: int = 1) -> tuple[pd.DataFrame, dict]:
+    """TKD (threshold 0.19) and Tikhonov (α = 0.05) on the same test maps, same table layout (epoch 0)."""
+    rows, arrays = [], {}
+    maps = load_test_maps(config, n_test)
+    for name, method in BASELINES.items():
+        for index in range(len(maps)):
+            sample = maps[index]
+            pred = method(sample["field"][0], config).float()
+            rows.append({"model": name, "activation": "", "channels": 0, "seed": 0, "epoch": 0, "map": index,
+                         **compute_metrics(pred.numpy(), sample["chi"][0].numpy(), sample["mask"][0].numpy())})
+            if index < keep_arrays:
+                arrays[f"{name}_pred_{index}"] = pred.numpy()
+    return pd.DataFrame(rows), arrays
+
+
+def ground_truth_arrays(config: Config, n: int = 1) -> dict:
+    """χ, field and mask of the first ``n`` test maps as numpy arrays."""
+    maps = load_test_maps(config, n)
+    out = {}
+    for index in range(n):
+        sample = maps[index]
+        out.update({f"chi_{index}": sample["chi"][0].numpy(), f"field_{index}": sample["field"][0].numpy(),
+                    f"mask_{index}": sample["mask"][0].numpy()})
+    return out
+
+
+def evaluate_runs(checkpoints: dict[str, str | Path], out: str | Path, config: Config, device: str = "auto",
+                  keep_arrays: int = 1, baselines: bool = True) -> pd.DataFrame:
+    """Evaluate several checkpoints (label → path) plus baselines; write the tables and arrays to ``out``.
+
+    Files: ``metrics_per_map.csv`` (one row per model, epoch and map), ``metrics_summary.csv``
+    (mean and sd over test maps and seeds, per model and epoch) and ``arrays.npz`` (ground truth and predictions of the first
+    ``keep_arrays`` test maps, keys ``<label>/pred_<map>``).
+    """
+    out = io.check_writable_dir(out)
+    tables, arrays = [], ground_truth_arrays(config, keep_arrays)
+    for label, path in checkpoints.items():
+        table, preds = evaluate_checkpoint(path, config.n_test, device, keep_arrays)
+        tables.append(table.assign(label=label))
+        arrays.update({f"{label}/{key}": value for key, value in preds.items()})
+    if baselines:
+        table, preds = evaluate_baselines(config, config.n_test, keep_arrays)
+        tables.append(table.assign(label=table["model"]))
+        arrays.update({f"{key.split('_pred_')[0]}/pred_{key.split('_pred_')[1]}": v for key, v in preds.items()})
+    per_map = pd.concat(tables, ignore_index=True)
+    summary = summarize(per_map, by=["model", "activation", "channels", "epoch"], metrics=list(METRICS))
+    io.write_text(out / "metrics_per_map.csv", per_map.to_csv(index=False))
+    io.write_text(out / "metrics_summary.csv", summary.to_csv(index=False))
+    import io as _stdio
+
+    buffer = _stdio.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    io.write_bytes(out / "arrays.npz", buffer.getvalue())
+    return per_map

@@ -1,0 +1,189 @@
+"""Fault injection through the command line (issue 7): SIGKILL at three moments, bad input.
+
+Every command runs as ``python -m qsmrep`` in a subprocess with ``PYTHONPATH`` set to the
+repository root (works from a clean clone without installation) and one CPU thread, on the smoke
+profile shrunk to a 4-channel, 3-level U-Net so the whole file takes well under a minute.
+"""
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from qsmrep.train import TIMING_COLUMNS
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--profile", "smoke", "--activation", "elu", "--channels", "4", "--set", "depth=3", "--device", "cpu", "--seed", "3"]
+TIMING = list(TIMING_COLUMNS)  # machine-dependent columns (timing, memory)
+pytestmark = pytest.mark.slow
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return env
+
+
+def run_cli(*args, timeout=180):
+    return subprocess.run([sys.executable, "-m", "qsmrep", *map(str, args)], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_train(out):
+    return subprocess.Popen([sys.executable, "-m", "qsmrep", "train", *TINY, "--out", str(out), "--no-progress"],
+                            cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def history_rows(out) -> int:
+    try:
+        return max(0, len((Path(out) / "history.csv").read_text().splitlines()) - 1)
+    except FileNotFoundError:
+        return 0
+
+
+def weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def assert_same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted CLI run of TINY."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    proc = run_cli("train", *TINY, "--out", out, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "10 epochs" in proc.stdout
+    return out
+
+
+# ------------------------------------------------------------------ SIGKILL and resume
+def test_sigkill_three_times_then_identical_to_uninterrupted(reference, tmp_path):
+    out = tmp_path / "killed"
+    rng = random.Random(7)
+    for target in (2, 5, 8):
+        proc = start_train(out)
+        deadline = time.monotonic() + 120
+        while history_rows(out) < target:
+            assert proc.poll() is None, f"run ended before epoch {target}: {proc.stderr.read().decode()}"
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.15))  # somewhere in the next epoch (training, validation or writing)
+        assert proc.poll() is None, "run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stderr.close()
+        assert proc.returncode == -signal.SIGKILL
+        # what is on disk after the kill is whole: a readable history of consecutive epochs, a loadable resume point
+        epochs = list(pd.read_csv(out / "history.csv")["epoch"])
+        assert target <= len(epochs) < 10 and epochs == list(range(1, len(epochs) + 1))
+        assert torch.load(out / "last.pt", weights_only=True)["epoch"] >= len(epochs)
+        if target == 5:  # what a kill during a write leaves behind: the restart must clean it up
+            (out / ".last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")
+    proc = run_cli("train", *TINY, "--out", out, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    history, ref_history = pd.read_csv(out / "history.csv"), pd.read_csv(reference / "history.csv")
+    assert list(history["epoch"]) == list(range(1, 11))  # each epoch exactly once
+    pd.testing.assert_frame_equal(history.drop(columns=TIMING), ref_history.drop(columns=TIMING))
+    for name in ("last.pt", "epoch_002.pt", "epoch_010.pt"):
+        assert_same_weights(out / name, reference / name)
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".")]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "epoch_002.pt", "epoch_010.pt", "history.csv", "last.pt"]
+
+
+def test_finished_run_started_again_does_nothing(reference):
+    before = {p.name: p.stat().st_mtime_ns for p in reference.glob("*.pt")}
+    history = (reference / "history.csv").read_text()
+    proc = run_cli("train", *TINY, "--out", reference, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in reference.glob("*.pt")} == before
+    assert (reference / "history.csv").read_text() == history
+
+
+# ------------------------------------------------------------------ ten kinds of bad input
+def assert_one_line_error(proc, *needles):
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+TRAIN_CONFIG_ERRORS = [
+    ("unknown activation", ["--activation", "elux"], ["activation", "elux", "did you mean 'elu'"]),
+    ("unknown profile", ["--profile", "smok"], ["profile", "smok", "did you mean 'smoke'"]),
+    ("patch larger than map", ["--set", "patch_size=64"], ["patch_size", "64", "map_size"]),
+    ("size not divisible", ["--set", "patch_size=24"], ["patch_size", "24", "divisible", "16"]),
+    ("negative epochs", ["--epochs", "-1"], ["epochs", "-1"]),
+    ("zero B0 vector", ["--set", "b0_dir=[0,0,0]"], ["b0_dir", "zero"]),
+    ("non-positive voxel size", ["--set", "voxel_size=[1,0,1]"], ["voxel_size", "> 0"]),
+]
+
+
+@pytest.mark.parametrize("kind, args, needles", TRAIN_CONFIG_ERRORS, ids=[c[0] for c in TRAIN_CONFIG_ERRORS])
+def test_bad_training_input(kind, args, needles, tmp_path):
+    # the plain smoke profile (depth 5: patch sizes must be multiples of 16); the bad option comes last
+    proc = run_cli("train", "--profile", "smoke", "--device", "cpu", *args, "--out", tmp_path / "run", "--no-progress")
+    assert_one_line_error(proc, *needles)
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_corrupted_checkpoint(reference, tmp_path):
+    data = (reference / "epoch_010.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 3])
+    (tmp_path / "garbage.pt").write_bytes(os.urandom(4096))
+    for name in ("truncated.pt", "garbage.pt"):
+        proc = run_cli("evaluate", tmp_path / name, "--out", tmp_path / "eval")
+        assert_one_line_error(proc, "checkpoint", name, "corrupted")
+    assert not (tmp_path / "eval").exists()
+
+
+def test_wrong_architecture_checkpoint(reference, tmp_path):
+    # a run folder trained with 4 channels, continued with 8: refused (config mismatch), folder untouched
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    config = (run / "config.yaml").read_text()
+    proc = run_cli("train", *TINY, "--channels", "8", "--epochs", "12", "--out", run, "--no-progress")
+    assert_one_line_error(proc, "initial_channels", "4", "8")
+    assert (run / "config.yaml").read_text() == config
+    # a checkpoint whose tensors do not fit its architecture: evaluate and resume both refuse it
+    ckpt = torch.load(reference / "last.pt", weights_only=True)
+    ckpt["model"]["encoders.1.0.weight"] = torch.zeros(16, 4, 3, 3, 3)
+    torch.save(ckpt, tmp_path / "altered.pt")
+    proc = run_cli("evaluate", tmp_path / "altered.pt", "--out", tmp_path / "eval")
+    assert_one_line_error(proc, "architecture mismatch", "encoders.1.0.weight", "(16, 4, 3, 3, 3)")
+    ckpt["epoch"], ckpt["history"] = 5, ckpt["history"][:5]
+    torch.save(ckpt, run / "last.pt")
+    proc = run_cli("train", *TINY, "--out", run, "--no-progress")
+    assert_one_line_error(proc, "architecture mismatch", "encoders.1.0.weight")
+
+
+def test_unwritable_output_folder(reference, tmp_path):
+    (tmp_path / "afile").write_text("a file, not a folder")
+    proc = run_cli("train", *TINY, "--out", tmp_path / "afile" / "sub", "--no-progress")
+    assert_one_line_error(proc, "out", "cannot write", "afile")
+    proc = run_cli("evaluate", reference / "epoch_010.pt", "--out", tmp_path / "afile" / "sub", "--no-baselines")
+    assert_one_line_error(proc, "out", "cannot write", "afile")
+
+
+def test_argparse_errors_are_one_line_exit_2(tmp_path):
+    proc = run_cli("train", "--profile", "smoke", "--channels", "four", "--out", tmp_path)
+    assert_one_line_error(proc, "--channels", "four")
+    proc = run_cli("train", "--profile", "smoke")
+    assert_one_line_error(proc, "--out")

@@ -1,0 +1,288 @@
+"""Tests of qsmrep.train and qsmrep.evaluate on the smoke profile, shrunk to a 4-channel, 3-level U-Net.
+
+One uninterrupted reference run (module fixture) serves the learning, file-layout, idempotence,
+resume and evaluation tests; everything runs on one CPU thread (the results of a CPU convolution
+depend on the thread count, and the machine is shared).
+"""
+
+import json
+import os
+import stat
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from qsmrep import train as train_mod
+from qsmrep.config import Config
+from qsmrep.evaluate import evaluate_checkpoint, evaluate_runs, load_model
+from qsmrep.loss import PhysicsInformedLoss
+from qsmrep.metrics import METRICS
+from qsmrep.train import (
+    HISTORY_COLUMNS,
+    TIMING_COLUMNS,
+    NonFiniteError,
+    checkpoint_name,
+    is_finished,
+    load_checkpoint,
+    load_model_state,
+    read_history,
+    train,
+)
+
+TINY = dict(initial_channels=4, depth=3, device="cpu")
+
+
+def tiny(**overrides) -> Config:
+    return Config.from_profile("smoke", **{**TINY, **overrides})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted smoke run: (config, folder, history)."""
+    cfg = tiny()
+    out = tmp_path_factory.mktemp("reference")
+    history = train(cfg, out, progress=False)
+    return cfg, out, history
+
+
+def _numbers(history: pd.DataFrame) -> pd.DataFrame:
+    return history.drop(columns=list(TIMING_COLUMNS)).reset_index(drop=True)
+
+
+def _assert_same_weights(path_a, path_b):
+    a, b = load_checkpoint(path_a)["model"], load_checkpoint(path_b)["model"]
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+class _Boom(Exception):
+    pass
+
+
+def _inject(monkeypatch, at_call: int, kind: str = "loss"):
+    """Make the ``at_call``-th training loss (1-based, grad-enabled calls only) non-finite.
+
+    kind="loss": the loss itself is NaN; kind="grad": the loss is finite but the gradient of the
+    prediction is NaN; kind="raise": raise _Boom (a crash in the middle of an epoch).
+    """
+    original = PhysicsInformedLoss.components
+    calls = {"n": 0}
+
+    def components(self, pred, chi, field):
+        parts = original(self, pred, chi, field)
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == at_call:
+                if kind == "raise":
+                    raise _Boom(f"crash at training call {at_call}")
+                if kind == "loss":
+                    parts = {**parts, "total": parts["total"] * float("nan")}
+                else:
+                    pred.register_hook(lambda g: g * float("nan"))
+        return parts
+
+    monkeypatch.setattr(PhysicsInformedLoss, "components", components)
+    return calls
+
+
+# ------------------------------------------------------------------ learning and files
+def test_training_learns(reference):
+    cfg, _, history = reference
+    first, last = history["val_nrmse"].iloc[0], history["val_nrmse"].iloc[-1]
+    print(f"smoke val NRMSE: epoch 1 {first:.1f} %, epoch {cfg.epochs} {last:.1f} %")
+    assert last < 0.85 * first
+    assert history["val_loss"].iloc[-1] < 0.85 * history["val_loss"].iloc[0]
+    assert np.isfinite(history[["train_loss", "val_loss", "val_nrmse"]].to_numpy()).all()
+
+
+def test_run_folder_layout(reference):
+    cfg, out, history = reference
+    assert list(history["epoch"]) == list(range(1, cfg.epochs + 1))
+    on_disk = pd.read_csv(out / "history.csv")
+    for column in ("epoch", "train_loss", "val_loss", "val_nrmse", "seconds"):
+        assert column in on_disk.columns
+    assert list(on_disk.columns) == HISTORY_COLUMNS
+    pd.testing.assert_frame_equal(on_disk, history, check_dtype=False)
+    assert Config.load(out / "config.yaml") == cfg
+    assert (out / checkpoint_name(cfg.early)).is_file() and cfg.early == 2
+    assert (out / checkpoint_name(cfg.epochs)).is_file()
+    assert (out / "last.pt").is_file() and not (out / "FAILED.json").exists()
+    assert is_finished(out, cfg)
+    early = load_checkpoint(out / checkpoint_name(cfg.early))
+    assert early["epoch"] == cfg.early and Config.from_dict(early["config"]) == cfg
+    assert len(early["history"]) == cfg.early
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in out.iterdir():  # atomic writes keep the usual file mode, not mkstemp's 0600
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name
+
+
+def test_second_call_does_nothing(reference, monkeypatch):
+    cfg, out, history = reference
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.pt")}
+    monkeypatch.setattr(train_mod, "validate", lambda *a, **k: pytest.fail("trained again"))
+    again = train(cfg, out, progress=False)
+    pd.testing.assert_frame_equal(again, history)
+    pd.testing.assert_frame_equal(read_history(out), history, check_dtype=False)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.pt")} == mtimes
+
+
+def test_different_config_in_same_folder_is_refused(reference):
+    cfg, out, _ = reference
+    before = (out / "config.yaml").read_text()
+    with pytest.raises(ValueError, match="initial_channels"):
+        train(cfg.replace(initial_channels=8), out, progress=False)
+    with pytest.raises(ValueError, match="lr"):
+        train(cfg.replace(lr=5e-4), out, progress=False)
+    assert (out / "config.yaml").read_text() == before
+
+
+def test_interrupted_and_resumed_run_is_identical(reference, tmp_path, monkeypatch):
+    cfg, ref_out, ref_history = reference
+    # 1) stop right after epoch 3 was fully written
+    original = train_mod._write_history
+
+    def write_then_die(out, rows):
+        original(out, rows)
+        if len(rows) == 3:
+            raise _Boom("after epoch 3")
+
+    monkeypatch.setattr(train_mod, "_write_history", write_then_die)
+    with pytest.raises(_Boom):
+        train(cfg, tmp_path, progress=False)
+    monkeypatch.setattr(train_mod, "_write_history", original)
+    assert len(read_history(tmp_path)) == 3
+    # 2) crash in the middle of epoch 6 (iteration 2 of 4): epochs 4, 5 are kept
+    _inject(monkeypatch, at_call=2 * cfg.iterations + 2, kind="raise")
+    with pytest.raises(_Boom):
+        train(cfg, tmp_path, progress=False)
+    monkeypatch.undo()
+    assert len(read_history(tmp_path)) == 5
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 5
+    # 3) finish
+    history = train(cfg, tmp_path, progress=False)
+    pd.testing.assert_frame_equal(_numbers(history), _numbers(ref_history))
+    pd.testing.assert_frame_equal(_numbers(read_history(tmp_path)), _numbers(read_history(ref_out)))
+    for name in ("last.pt", checkpoint_name(cfg.epochs), checkpoint_name(cfg.early)):
+        _assert_same_weights(tmp_path / name, ref_out / name)
+
+
+# ------------------------------------------------------------------ non-finite numbers
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny(epochs=4, early_epoch=1)
+    _inject(monkeypatch, at_call=2 * cfg.iterations + 2, kind="loss")  # epoch 3, iteration 2
+    with pytest.raises(NonFiniteError) as info:
+        train(cfg, tmp_path, progress=False)
+    message = str(info.value)
+    assert "epoch 3" in message and "iteration 2" in message
+    failed = json.loads((tmp_path / "FAILED.json").read_text())
+    assert (failed["epoch"], failed["iteration"], failed["last_good_epoch"]) == (3, 2, 2)
+    last = load_checkpoint(tmp_path / "last.pt")
+    assert last["epoch"] == 2
+    assert all(torch.isfinite(t).all() for t in last["model"].values())
+    assert list(read_history(tmp_path)["epoch"]) == [1, 2]
+    assert not is_finished(tmp_path, cfg)
+    # started again without the fault, the run resumes from epoch 3 and clears the failure mark
+    monkeypatch.undo()
+    history = train(cfg, tmp_path, progress=False)
+    assert list(history["epoch"]) == [1, 2, 3, 4]
+    assert not (tmp_path / "FAILED.json").exists() and is_finished(tmp_path, cfg)
+
+
+def test_nan_gradient_stops(tmp_path, monkeypatch):
+    cfg = tiny(epochs=2, early_epoch=1)
+    _inject(monkeypatch, at_call=3, kind="grad")  # epoch 1, iteration 3
+    with pytest.raises(NonFiniteError, match="epoch 1, iteration 3"):
+        train(cfg, tmp_path, progress=False)
+    assert json.loads((tmp_path / "FAILED.json").read_text())["last_good_epoch"] is None
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_nonfinite_skip_records_skipped_steps(tmp_path, monkeypatch):
+    cfg = tiny(epochs=2, early_epoch=1, nonfinite="skip")
+    _inject(monkeypatch, at_call=cfg.iterations + 3, kind="grad")  # epoch 2, iteration 3
+    history = train(cfg, tmp_path, progress=False)
+    assert list(history["skipped_steps"]) == [0, 1]
+    assert not (tmp_path / "FAILED.json").exists()
+    weights = load_checkpoint(tmp_path / "last.pt")["model"]
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    assert np.isfinite(history[["train_loss", "val_loss"]].to_numpy()).all()
+
+
+# ------------------------------------------------------------------ evaluation and loading
+def test_evaluate_checkpoint(reference):
+    cfg, out, _ = reference
+    table, arrays = evaluate_checkpoint(out / checkpoint_name(cfg.epochs), n_test=1, device="cpu")
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert (row["model"], row["activation"], row["channels"], row["epoch"], row["map"]) == ("elu4", "elu", 4, cfg.epochs, 0)
+    for metric in METRICS:
+        assert np.isfinite(row[metric]), metric
+    assert arrays["pred_0"].shape == (cfg.map_size,) * 3
+
+
+def test_evaluate_runs_with_baselines(reference, tmp_path):
+    cfg, out, _ = reference
+    checkpoints = {"elu4@2": out / checkpoint_name(cfg.early), "elu4@10": out / checkpoint_name(cfg.epochs)}
+    per_map = evaluate_runs(checkpoints, tmp_path, cfg.replace(n_test=1), device="cpu")
+    assert set(per_map["model"]) == {"elu4", "TKD", "Tikhonov"}
+    assert set(per_map["label"]) == {"elu4@2", "elu4@10", "TKD", "Tikhonov"}
+    for metric in METRICS:
+        assert metric in per_map.columns and np.isfinite(per_map[metric]).all()
+    summary = pd.read_csv(tmp_path / "metrics_summary.csv")
+    assert len(summary) == 4
+    assert any(c.startswith("nrmse") for c in summary.columns)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "metrics_per_map.csv", keep_default_na=False), per_map, check_dtype=False,
+                                  check_exact=False)
+    with np.load(tmp_path / "arrays.npz") as arrays:
+        for key in ("chi_0", "field_0", "mask_0", "elu4@10/pred_0", "TKD/pred_0", "Tikhonov/pred_0"):
+            assert arrays[key].shape == (cfg.map_size,) * 3, key
+    # the trained model beats its early checkpoint
+    nrmse = per_map.groupby("label")["nrmse"].mean()
+    assert nrmse["elu4@10"] < nrmse["elu4@2"]
+
+
+def test_load_refuses_other_architecture(reference, tmp_path):
+    cfg, out, _ = reference
+    path = out / checkpoint_name(cfg.epochs)
+    with pytest.raises(ValueError, match="initial_channels"):
+        load_model(path, expect=cfg.replace(initial_channels=8))
+    ckpt = load_checkpoint(path)
+    ckpt["model"]["head.weight"] = torch.zeros(1, 8, 1, 1, 1)
+    torch.save(ckpt, tmp_path / "altered.pt")
+    with pytest.raises(ValueError, match=r"architecture mismatch: head\.weight has shape \(1, 8, 1, 1, 1\)"):
+        load_model(tmp_path / "altered.pt")
+    del ckpt["model"]["head.bias"]
+    model = train_mod.build_model(cfg)
+    with pytest.raises(ValueError, match="head"):
+        load_model_state(model, ckpt["model"])
+
+
+def test_load_refuses_corrupted_checkpoints(reference, tmp_path):
+    cfg, out, _ = reference
+    data = (out / checkpoint_name(cfg.epochs)).read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint" * 10)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    for name, needle in (("truncated.pt", "corrupted"), ("garbage.pt", "corrupted"), ("foreign.pt", "not a qsmrep"),
+                         ("missing.pt", "no such file")):
+        with pytest.raises(ValueError, match=needle):
+            load_checkpoint(tmp_path / name)
+
+
+def test_unwritable_output_folder(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="out: cannot write"):
+        train(tiny(), tmp_path / "afile" / "sub", progress=False)
