@@ -1,0 +1,147 @@
+"""The paper's figures, as plotting functions the notebooks call (matplotlib; nothing is shown or saved here).
+
+Equations are drawn with matplotlib mathtext inside the figures, so the offline HTML report
+needs no MathJax.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib import pyplot as plt
+from matplotlib.figure import Figure
+
+ACTIVATION_STYLE = {  # colour per activation, line style per width
+    "elu": "#1b9e77", "leaky_relu": "#d95f02", "relu": "#7570b3",
+    "gelu": "#e7298a", "silu": "#66a61e", "prelu": "#e6ab02", "mish": "#a6761d",
+}
+WIDTH_STYLE = {16: "-", 32: "--"}
+ACTIVATION_LABEL = {"elu": "ELU", "leaky_relu": "leaky ReLU", "relu": "ReLU", "gelu": "GELU", "silu": "SiLU",
+                    "prelu": "PReLU", "mish": "Mish"}
+
+
+def variant_label(activation: str, channels: int) -> str:
+    """``"ELU 16 IC"``-style label of a variant."""
+    return f"{ACTIVATION_LABEL.get(activation, activation)} {channels} IC"
+
+
+def plot_activations(leaky_slope: float = 0.2, elu_alpha: float = 1.0) -> Figure:
+    """Figure 1: ReLU, leaky ReLU and ELU with their equations; identical for x > 0."""
+    x = np.linspace(-3, 3, 601)
+    curves = {
+        "relu": (np.maximum(x, 0), r"ReLU: $f(x)=\max(0,\,x)$"),
+        "leaky_relu": (np.where(x > 0, x, leaky_slope * x), rf"leaky ReLU: $f(x)=x$ if $x>0$, else ${leaky_slope:g}\,x$"),
+        "elu": (np.where(x > 0, x, elu_alpha * np.expm1(np.minimum(x, 0))),
+                rf"ELU: $f(x)=x$ if $x>0$, else ${elu_alpha:g}\,(e^{{x}}-1)$"),
+    }
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, (y, label) in curves.items():
+        ax.plot(x, y, color=ACTIVATION_STYLE[name], lw=2.2 if name == "relu" else 1.8,
+                ls={"relu": "-", "leaky_relu": "--", "elu": "-."}[name], label=label)
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.axvline(0, color="0.6", lw=0.8)
+    ax.set(xlabel="x", ylabel="f(x)", title="Figure 1: activation functions (identical for x > 0)", ylim=(-1.5, 3.1))
+    ax.legend(loc="upper left", fontsize=9, frameon=False)
+    ax.grid(alpha=0.25)
+    fig.tight_layout()
+    return fig
+
+
+def _band(ax, frame: pd.DataFrame, column: str, color: str, ls: str, label: str) -> None:
+    """Mean over seeds as a line, ± sd as a band when there is more than one seed."""
+    grouped = frame.groupby("epoch")[column]
+    mean, sd, n = grouped.mean(), grouped.std(ddof=1), grouped.count()
+    ax.plot(mean.index, mean.values, color=color, ls=ls, lw=1.6, label=label)
+    if (n > 1).any():
+        ax.fill_between(mean.index, (mean - sd).values, (mean + sd).values, color=color, alpha=0.18, lw=0)
+
+
+def plot_convergence(histories: pd.DataFrame, early_epoch: int | None = None, lam: float = 1.0) -> Figure:
+    """Figure 2: (A) training loss, (B) validation loss, (C) validation mean NRMSE against epoch, (D) the loss.
+
+    ``histories`` has the columns of ``history.csv`` plus ``activation``, ``channels`` and ``seed``;
+    several seeds of a variant are drawn as mean ± sd bands.
+    """
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    panels = [("train_loss", "A  training loss", "loss"), ("val_loss", "B  validation loss", "loss"),
+              ("val_nrmse", "C  validation mean NRMSE", "NRMSE (%)")]
+    for ax, (column, title, ylabel) in zip(axes.flat, panels):
+        for (activation, channels), frame in histories.groupby(["activation", "channels"], sort=False):
+            _band(ax, frame, column, ACTIVATION_STYLE.get(activation, "k"), WIDTH_STYLE.get(channels, ":"),
+                  variant_label(activation, channels))
+        if early_epoch:
+            ax.axvline(early_epoch, color="0.5", lw=0.8, ls=":")
+        ax.set(title=title, xlabel="epoch", ylabel=ylabel)
+        if column != "val_nrmse":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.25)
+    axes[0, 0].legend(fontsize=8, frameon=False, ncol=2)
+    ax = axes[1, 1]
+    ax.axis("off")
+    ax.set_title("D  loss function", loc="left")
+    ax.text(0.02, 0.62, r"$\mathcal{L}=\left\Vert\hat\chi-\chi\right\Vert_1+\lambda\,"
+                        r"\left\Vert d_z\ast\hat\chi-d_z\ast\chi\right\Vert_1$", fontsize=15, transform=ax.transAxes)
+    ax.text(0.02, 0.38, rf"$\lambda={lam:g}$;  $d_z\ast\cdot$: dipole convolution, "
+                        r"$D(k)=\frac{1}{3}-\frac{k_z^2}{|k|^2}$", fontsize=11, transform=ax.transAxes)
+    ax.text(0.02, 0.18, "norms: mean absolute error (L1); paper's norms not stated in its text",
+            fontsize=9, color="0.35", transform=ax.transAxes)
+    fig.suptitle("Figure 2: convergence of the six models (dotted line: early checkpoint)")
+    fig.tight_layout()
+    return fig
+
+
+def _slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
+    return np.rot90(np.take(volume, index, axis=axis))
+
+
+def plot_reconstructions(truth: np.ndarray, preds: dict[str, np.ndarray], metrics: dict[str, dict], mask: np.ndarray,
+                         field: np.ndarray | None = None, axis: int = 0, index: int | None = None,
+                         title: str = "", chi_range: float = 0.6, diff_range: float = 0.3) -> Figure:
+    """Reconstructions (top) and differences to the ground truth (bottom) on one slice of one test map.
+
+    Used for Figure 3 (32-channel models, final) and Figure 4 (16-channel ELU vs ReLU, early; with
+    ``field`` the input field is drawn under the ground truth). ``metrics[label]`` holds ``nrmse``
+    and ``ssim`` of the whole test set (mean) printed under each panel. χ in ppm.
+    """
+    index = truth.shape[axis] // 2 if index is None else index
+    labels = list(preds)
+    fig, axes = plt.subplots(2, len(labels) + 1, figsize=(3.0 * (len(labels) + 1), 6.3), squeeze=False)
+    chi_kw = dict(cmap="gray", vmin=-chi_range, vmax=chi_range)
+    diff_kw = dict(cmap="RdBu_r", vmin=-diff_range, vmax=diff_range)
+    image = axes[0, 0].imshow(_slice(truth * mask, axis, index), **chi_kw)
+    axes[0, 0].set_title("ground truth χ")
+    if field is not None:
+        fimage = axes[1, 0].imshow(_slice(field, axis, index), cmap="RdBu_r", vmin=-0.3, vmax=0.3)
+        axes[1, 0].set_title("input field B")
+        fig.colorbar(fimage, ax=axes[1, 0], fraction=0.046, label="ppm")
+    else:
+        axes[1, 0].axis("off")
+    for column, label in enumerate(labels, start=1):
+        pred = preds[label] * mask
+        axes[0, column].imshow(_slice(pred, axis, index), **chi_kw)
+        m = metrics.get(label, {})
+        axes[0, column].set_title(f"{label}\nNRMSE {m.get('nrmse', float('nan')):.1f} %  SSIM {m.get('ssim', float('nan')):.3f}",
+                                  fontsize=9)
+        diff = axes[1, column].imshow(_slice(pred - truth * mask, axis, index), **diff_kw)
+        axes[1, column].set_title(f"difference {label}", fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(image, ax=axes[0, -1], fraction=0.046, label="χ (ppm)")
+    fig.colorbar(diff, ax=axes[1, -1], fraction=0.046, label="χ̂ − χ (ppm)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_dead_units(histories: pd.DataFrame) -> Figure:
+    """Fraction of dead channels (never positive on a fixed validation map) against epoch, per variant."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for (activation, channels), frame in histories.groupby(["activation", "channels"], sort=False):
+        _band(ax, frame, "dead_fraction", ACTIVATION_STYLE.get(activation, "k"), WIDTH_STYLE.get(channels, ":"),
+              variant_label(activation, channels))
+    ax.set(xlabel="epoch", ylabel="dead channels (fraction)", title="Dead units: channels never positive on a validation map")
+    ax.grid(alpha=0.25)
+    ax.legend(fontsize=8, frameon=False, ncol=2)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,81 @@
+"""Claims logic and the offline HTML clean-up of the report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from qsmrep.report import NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, epochs_to_reach, evaluate_claims, external_references, make_offline
+
+VARIANTS = [(a, c) for c in (16, 32) for a in ("relu", "leaky_relu", "elu")]
+
+
+def _histories(final_loss: dict, speed: dict, dead: dict, epochs: int = 20) -> pd.DataFrame:
+    """Exponentially decaying curves: val_nrmse = 100·(final + (1-final)·exp(-epoch/speed))."""
+    rows = []
+    for a, c in VARIANTS:
+        key = f"{a}{c}"
+        for e in range(1, epochs + 1):
+            level = final_loss[key] + (1 - final_loss[key]) * np.exp(-e / speed[key])
+            rows.append({"epoch": e, "activation": a, "channels": c, "seed": 0, "train_loss": level, "val_loss": level,
+                         "val_nrmse": 100 * level, "dead_fraction": dead[key]})
+    return pd.DataFrame(rows)
+
+
+def _metrics(nrmse: dict, ssim: dict, epoch: int) -> pd.DataFrame:
+    return pd.DataFrame([{"activation": a, "channels": c, "epoch": epoch, "map": m,
+                          "nrmse": nrmse[f"{a}{c}"], "ssim": ssim[f"{a}{c}"]} for a, c in VARIANTS for m in range(3)])
+
+
+def _paper_like():
+    final = {"relu16": 0.4, "leaky_relu16": 0.4, "elu16": 0.2, "relu32": 0.2, "leaky_relu32": 0.2, "elu32": 0.19}
+    speed = {"relu16": 6, "leaky_relu16": 6, "elu16": 1.5, "relu32": 3, "leaky_relu32": 3, "elu32": 3}
+    dead = {"relu16": 0.3, "leaky_relu16": 0.0, "elu16": 0.01, "relu32": 0.25, "leaky_relu32": 0.0, "elu32": 0.01}
+    nrmse = {"relu16": 40, "leaky_relu16": 40, "elu16": 20, "relu32": 21, "leaky_relu32": 20.5, "elu32": 19.5}
+    ssim = {k: 1 - v / 100 for k, v in nrmse.items()}
+    metrics = pd.concat([_metrics(nrmse, ssim, 20), _metrics({k: v * 1.5 for k, v in nrmse.items()}, ssim, 4)])
+    costs = pd.DataFrame([{"activation": a, "channels": c, "params": c * 1000, "seconds_per_epoch": c / 4.0,
+                           "peak_mem_mb": c * 10.0} for a, c in VARIANTS])
+    return _histories(final, speed, dead), metrics, costs
+
+
+def test_paper_like_numbers_reproduce_every_claim():
+    histories, metrics, costs = _paper_like()
+    claims = evaluate_claims(histories, metrics, early_epoch=4, final_epoch=20, costs=costs)
+    assert list(claims.id) == [f"C{i}" for i in range(1, 9)]
+    assert (claims.verdict == REPRODUCED).all(), claims[claims.verdict != REPRODUCED].to_dict("records")
+
+
+def test_contrary_numbers_are_not_reproduced():
+    histories, metrics, costs = _paper_like()
+    swap = histories.activation.map({"elu": "relu", "relu": "elu", "leaky_relu": "leaky_relu"})
+    metrics_swap = metrics.assign(activation=metrics.activation.map({"elu": "relu", "relu": "elu", "leaky_relu": "leaky_relu"}))
+    claims = evaluate_claims(histories.assign(activation=swap), metrics_swap, 4, 20, costs).set_index("id")
+    for claim in ("C2", "C5", "C6", "C8"):
+        assert claims.loc[claim, "verdict"] == NOT_REPRODUCED
+
+
+def test_missing_variant_is_not_testable():
+    histories, metrics, costs = _paper_like()
+    claims = evaluate_claims(histories[histories.activation != "elu"], metrics, 4, 20, costs)
+    assert claims.verdict.tolist() == [NOT_TESTABLE] and "elu16" in claims.evidence.iloc[0]
+
+
+def test_epochs_to_reach():
+    curve = pd.Series([90.0, 70.0, 50.0, 55.0], index=[1, 2, 3, 4])
+    assert epochs_to_reach(curve, 60) == 3
+    assert epochs_to_reach(curve, 10) == float("inf")
+
+
+@pytest.mark.parametrize("tag", [
+    '<script src="https://cdnjs.cloudflare.com/ajax/libs/require.js/2.1.10/require.min.js"></script>',
+    '<script type="text/javascript" src="https://cdn.jsdelivr.net/npm/mathjax@2/MathJax.js?config=TeX-AMS_CHTML-full"></script>',
+    '<link rel="stylesheet" href="https://cdn.example.org/x.css"/>',
+])
+def test_make_offline_strips_network_references(tag):
+    html = f"<html><head>{tag}</head><body><img src=\"data:image/png;base64,AAAA\"></body></html>"
+    assert external_references(html)
+    cleaned = make_offline(html)
+    assert external_references(cleaned) == []
+    assert "data:image/png;base64,AAAA" in cleaned
