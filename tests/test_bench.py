@@ -1,0 +1,125 @@
+"""Tests of qsmrep.bench on tiny cases (4-channel nets, 16³ patches, one iteration): the rows, FLOP counting, the CLI."""
+
+import json
+import math
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from qsmrep import bench
+from qsmrep.bench import BASE_KEYS, StepSpec
+
+TINY = dict(activation="elu", channels=4, patch=16, batch=2, warmup=1, iters=1, device="cpu", profile="smoke")
+NUMBERS = ("seconds_per_iter", "voxels_per_s", "gflops_per_s", "peak_mem_mb")
+
+
+def _check_step_row(row, case):
+    assert not row.get("error"), row.get("error")
+    assert set(BASE_KEYS) <= set(row)
+    assert row["case"] == case and row["variant"] == "elu4" and row["patch"] == 16
+    for key in NUMBERS:
+        assert isinstance(row[key], float) and math.isfinite(row[key]) and row[key] > 0, (key, row[key])
+    assert row["voxels_per_s"] == pytest.approx(2 * 16**3 / row["seconds_per_iter"])
+    assert row["figure"] == "seconds_per_iter" and row["unit"] == "s/iter"
+    json.loads(json.dumps(bench._clean(row), default=bench._json_default))
+
+
+def test_monai_case_and_speed_ratio():
+    pytest.importorskip("monai")
+    ref = bench.run_step_case(StepSpec(**TINY, model="monai"), isolate=False)
+    _check_step_row(ref, "monai_step")
+    ours = bench._row(case="train_step", variant="elu4", patch=16, precision="fp32", memory_format="contiguous",
+                      seconds_per_iter=ref["seconds_per_iter"] / 2, voxels_per_s=1.0, gflops_per_s=1.0, peak_mem_mb=1.0)
+    (ratio,) = bench.speed_ratio_rows([ours, ref])
+    assert ratio["case"] == "monai_ratio" and set(BASE_KEYS) <= set(ratio)
+    assert ratio["speed_ratio"] == pytest.approx(2.0)
+
+
+def test_speed_ratio_uses_the_fastest_setting():
+    rows = [bench._row(case="train_step", variant="elu16", patch=32, precision=p, memory_format=m, seconds_per_iter=s,
+                       voxels_per_s=1.0, gflops_per_s=1.0, peak_mem_mb=1.0)
+            for p, m, s in (("fp32", "contiguous", 2.0), ("bf16", "channels_last_3d", 0.5))]
+    rows.append(bench._row(case="monai_step", variant="elu16", patch=32, precision="fp32", seconds_per_iter=1.5))
+    (ratio,) = bench.speed_ratio_rows(rows)
+    assert ratio["speed_ratio"] == pytest.approx(3.0) and ratio["speed_ratio_fp32"] == pytest.approx(0.75)
+    assert ratio["precision"] == "bf16" and ratio["meets_target"]
+
+
+def test_flop_count_of_one_conv3d_matches_hand_count():
+    conv = nn.Conv3d(2, 4, kernel_size=3, padding=1)
+    shape = (1, 2, 8, 8, 8)
+    hand = 2 * 4 * 8**3 * 2 * 3**3  # 2 FLOPs per multiply-add, per output voxel and channel: C_in·k³
+    forward = bench.count_flops(conv, shape, backward=False)
+    assert forward == pytest.approx(hand, rel=0.2)
+    # backward without an input gradient: the weight gradient only, as many FLOPs as the forward
+    assert bench.count_flops(conv, shape) == pytest.approx(2 * hand, rel=0.2)
+
+
+def test_step_flops_on_meta_device_equals_a_real_count():
+    spec = StepSpec(**TINY)
+    model = bench.build_net(spec)
+    assert bench.step_flops(spec) == bench.count_flops(model, (2, 1, 16, 16, 16))
+
+
+def test_data_side_rows():
+    (gen,) = bench.generator_rows(sizes=(16,), repeats=1)
+    assert gen["case"] == "generator" and gen["seconds_per_sample"] > 0 and gen["unit"] == "s/sample"
+    (ff,) = bench.forward_field_rows(size=16, batch=1, repeats=1)
+    assert ff["case"] == "forward_field" and ff["voxels_per_s"] > 0
+    rows = bench.stall_rows("smoke", epochs=1, device="cpu", initial_channels=4, depth=3, n_train=4, n_val=1,
+                            iters_per_epoch=2)
+    assert [r["scope"] for r in rows] == ["run", "last_epoch"]
+    for row in rows:
+        assert 0 <= row["stall_fraction"] < 1 and row["seconds"] > 0 and set(BASE_KEYS) <= set(row)
+
+
+def test_main_prints_pure_json_lines_from_isolated_cases(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "step_specs", lambda profile, quick, device: [StepSpec(**TINY, precision="bf16")])
+    monkeypatch.setattr(bench, "generator_rows", lambda sizes, repeats: [])
+    monkeypatch.setattr(bench, "forward_field_rows", lambda **kw: [])
+    monkeypatch.setattr(bench, "stall_rows", lambda *a, **kw: [])
+    code = bench.main(SimpleNamespace(profile="smoke", quick=True, json=True, no_monai=True))
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and len(out) == 1
+    row = json.loads(out[0])
+    _check_step_row(row, "train_step")
+    assert row["precision"] == "bf16"
+    assert row["peak_mem_kind"] == "process peak RSS"  # on a CPU each case ran in a fresh worker process
+    table = bench.summary_table([row])
+    assert "train_step" in table and "s/iter" in table
+
+
+def test_bench_help():
+    result = subprocess.run([sys.executable, "-m", "qsmrep", "bench", "--help"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0
+    for option in ("--profile", "--quick", "--json", "--no-monai"):
+        assert option in result.stdout
+
+
+def test_step_specs_cover_the_six_variants_and_four_settings():
+    specs = bench.step_specs("cpu", quick=False, device="cpu")
+    assert len(specs) == 24 and {s.variant for s in specs} == {"relu16", "relu32", "leaky_relu16", "leaky_relu32",
+                                                                 "elu16", "elu32"}
+    assert all(s.patch == 32 and s.batch == 4 and s.depth == 5 for s in specs)
+    assert torch.get_num_threads() >= 1
+
+
+def test_a_failing_case_gives_an_error_row():
+    row = bench.run_step_case(StepSpec(**{**TINY, "model": "nope"}))
+    assert "ValueError" in row["error"] and row["seconds_per_iter"] is None
+    assert "ERROR" in bench.summary_table([row])
+
+
+def test_quick_comparison_plan_runs_the_fastest_setting_at_48():
+    done = [bench._row(case="train_step", variant=f"elu{c}", patch=32, precision=p, memory_format=m, seconds_per_iter=s)
+            for c in (16, 32) for p, m, s in (("fp32", "contiguous", 2.0), ("bf16", "channels_last_3d", 1.0))]
+    specs = bench.comparison_specs("cpu", quick=True, device="cpu", done=done)
+    ours = [(s.variant, s.patch, s.setting) for s in specs if s.model == "qsmrep"]
+    monai = [(s.variant, s.patch) for s in specs if s.model == "monai"]
+    assert ours == [("elu16", 48, "bf16/channels_last_3d"), ("elu32", 48, "bf16/channels_last_3d")]
+    assert monai == [("elu16", 32), ("elu16", 48), ("elu32", 32), ("elu32", 48)]
