@@ -58,7 +58,7 @@ class Config:
     # --- optimisation ---
     patch_size: int = 32  # edge of the random cubic training patches (paper: 160)
     batch_size: int = 4  # patches per iteration (paper: four)
-    epochs: int = 30  # training epochs (paper: 100)
+    epochs: int = 25  # training epochs (paper: 100)
     iters_per_epoch: int = 0  # iterations per epoch; 0 = one pass over the training maps, n_train // batch_size
     early_epoch: int = 0  # epoch of the "early" checkpoint; 0 = 20 % of the budget, as the paper's 20/100
     lr: float = 1e-3  # AdamW learning rate (paper)
@@ -198,7 +198,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     ),
     "cpu": dict(
         map_size=64, patch_size=32, batch_size=4, n_train=64, n_val=8, n_test=8,
-        epochs=30, iters_per_epoch=16, early_epoch=6, cache_maps=True, num_workers=0, precision="fp32",
+        epochs=25, iters_per_epoch=16, early_epoch=5, cache_maps=True, num_workers=0,
     ),
     "smoke": dict(
         map_size=32, patch_size=16, batch_size=4, n_train=8, n_val=2, n_test=2,
