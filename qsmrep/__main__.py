@@ -60,6 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--no-baselines", action="store_true", help="skip TKD and Tikhonov")
 
+    p = sub.add_parser("predict", help="invert your own field map (NIfTI) with a trained checkpoint")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (epoch_EEE.pt or last.pt)")
+    p.add_argument("--field", required=True, help="3D field map, .nii or .nii.gz (background field removed)")
+    p.add_argument("--out", required=True, help="susceptibility map to write (.nii/.nii.gz, ppm, same affine)")
+    p.add_argument("--mask", help="optional brain mask (.nii/.nii.gz); field and χ are zeroed outside")
+    p.add_argument("--units", default="ppm", help="field units: ppm (default), hz (needs --b0), rad (needs --b0 and --te)")
+    p.add_argument("--b0", type=float, help="field strength in tesla, for --units hz or rad")
+    p.add_argument("--te", type=float, help="echo time in seconds, for --units rad")
+    p.add_argument("--voxel-size", type=float, nargs=3, metavar=("X", "Y", "Z"), help="override the header's voxel size (mm)")
+    p.add_argument("--b0-dir", type=float, nargs=3, metavar=("X", "Y", "Z"), help="override the B0 direction (voxel axes)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
     p = sub.add_parser("config", help="print a profile's resolved configuration as YAML")
     _add_config_options(p)
 
@@ -111,6 +123,15 @@ def _run(args) -> int:
             config = config.replace(n_test=args.n_test)
         table = evaluate_runs(checkpoints, args.out, config, args.device, baselines=not args.no_baselines)
         print(table.groupby("label")[["nrmse", "ssim"]].mean().round(3).to_string())
+        return 0
+    if args.command == "predict":
+        from qsmrep.predict import predict_nifti
+
+        info = predict_nifti(args.checkpoint, args.field, args.out, mask_path=args.mask, units=args.units, b0_tesla=args.b0,
+                             te_seconds=args.te, voxel_size=args.voxel_size, b0_dir=args.b0_dir, device=args.device,
+                             warn=lambda message: print(message, file=sys.stderr))
+        print(f"wrote {args.out}: shape {info['shape']}, voxel size {info['voxel_size']} mm, "
+              f"B0 direction {tuple(round(v, 3) for v in info['b0_dir'])}")
         return 0
     if args.command == "status":
         from qsmrep.results import PAPER_VARIANTS, run_dir

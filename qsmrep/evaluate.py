@@ -91,6 +91,32 @@ def evaluate_baselines(config: Config, n_test: int | None = None, keep_arrays: i
     return pd.DataFrame(rows), arrays
 
 
+def evaluate_phantom(checkpoints: dict[str, str | Path], config: Config, device: str = "auto") -> tuple[pd.DataFrame, dict]:
+    """Every checkpoint and baseline on the head phantom (:mod:`qsmrep.phantom`) at the profile's map size.
+
+    An out-of-distribution check: anatomy-like shapes and ppm values unlike the random training shapes.
+    Returns the metric table (one row per model and epoch) and the phantom with every prediction.
+    """
+    from qsmrep.phantom import head_phantom
+
+    dev = resolve_device(device)
+    phantom = head_phantom(config.map_size, config.voxel_size, config.b0_dir)
+    chi, field, mask = phantom["chi"].numpy(), phantom["field"], phantom["mask"].numpy()
+    rows, arrays = [], {"phantom/chi": chi, "phantom/field": field.numpy(), "phantom/mask": mask}
+    predictions = {}
+    for label, path in checkpoints.items():
+        model, cfg, epoch = load_model(path, dev)
+        predictions[label] = (cfg.variant, cfg.activation, cfg.initial_channels, cfg.seed, epoch,
+                              predict(model, field, dev, cfg.precision).numpy())
+    for name, method in BASELINES.items():
+        predictions[name] = (name, "", 0, 0, 0, method(field, config).float().numpy())
+    for label, (model_name, activation, channels, seed, epoch, pred) in predictions.items():
+        rows.append({"label": label, "model": model_name, "activation": activation, "channels": channels, "seed": seed,
+                     "epoch": epoch, **compute_metrics(pred, chi, mask)})
+        arrays[f"phantom/{label}"] = pred
+    return pd.DataFrame(rows), arrays
+
+
 def ground_truth_arrays(config: Config, n: int = 1) -> dict:
     """χ, field and mask of the first ``n`` test maps as numpy arrays."""
     maps = load_test_maps(config, n)
@@ -107,8 +133,9 @@ def evaluate_runs(checkpoints: dict[str, str | Path], out: str | Path, config: C
     """Evaluate several checkpoints (label → path) plus baselines; write the tables and arrays to ``out``.
 
     Files: ``metrics_per_map.csv`` (one row per model, epoch and map), ``metrics_summary.csv``
-    (mean and sd over test maps and seeds, per model and epoch) and ``arrays.npz`` (ground truth and predictions of the first
-    ``keep_arrays`` test maps, keys ``<label>/pred_<map>``).
+    (mean and sd over test maps and seeds, per model and epoch), ``metrics_phantom.csv`` (every model
+    on the head phantom) and ``arrays.npz`` (ground truth and predictions of the first ``keep_arrays``
+    test maps, keys ``<label>/pred_<map>``, and the phantom, keys ``phantom/…``).
     """
     out = io.check_writable_dir(out)
     tables, arrays = [], ground_truth_arrays(config, keep_arrays)
@@ -124,6 +151,9 @@ def evaluate_runs(checkpoints: dict[str, str | Path], out: str | Path, config: C
     summary = summarize(per_map, by=["model", "activation", "channels", "epoch"], metrics=list(METRICS))
     io.write_text(out / "metrics_per_map.csv", per_map.to_csv(index=False))
     io.write_text(out / "metrics_summary.csv", summary.to_csv(index=False))
+    phantom_table, phantom_arrays = evaluate_phantom(checkpoints, config, device)
+    io.write_text(out / "metrics_phantom.csv", phantom_table.to_csv(index=False))
+    arrays.update(phantom_arrays)
     import io as _stdio
 
     buffer = _stdio.BytesIO()

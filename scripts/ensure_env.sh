@@ -17,7 +17,7 @@ WANT="$(sha256sum < "$ROOT/pyproject.toml" | cut -c1-16)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "==> installing qsmrep and its dependencies into $VENV (first run only)"
   "$PY" -m pip install --quiet --upgrade pip
-  "$PY" -m pip install --quiet -e "$ROOT[test]"
+  "$PY" -m pip install --quiet -e "$ROOT[test,bench]"
   "$PY" -m ipykernel install --sys-prefix --name qsmrep --display-name "Python (qsmrep)" >/dev/null
   echo "$WANT" > "$STAMP"
 fi
