@@ -74,29 +74,74 @@ def cost_table(profile: str, root: str | Path | None = None, write: bool = True)
     """Per variant (mean over seeds): parameters, seconds per epoch and per iteration, peak memory, total time.
 
     Seconds per epoch is the median over epochs after the first (which holds one-off warm-up).
+    Paper scale (four 160³ patches): memory is the estimate of :mod:`qsmrep.estimate`, the time per
+    iteration is *extrapolated* from this run by the voxel ratio (compute grows linearly with voxels),
+    unless this run is the paper profile. ``seconds_to_target`` is the training time until the
+    validation NRMSE first reaches ``target_nrmse``, the worst final NRMSE of all variants (a level
+    every variant reaches).
     """
+    from qsmrep.estimate import training_memory_bytes
+    from qsmrep.report import epochs_to_reach
+
+    histories = {folder: read_history(folder) for _config, folder in list_runs(profile, root)}
+    finals = [h["val_nrmse"].iloc[-1] for h in histories.values() if len(h)]
+    target = max(finals) if finals else float("nan")
     rows = []
     for config, folder in list_runs(profile, root):
-        history = read_history(folder)
+        history = histories[folder]
         if not len(history):
             continue
         steady = history["seconds"].iloc[1:] if len(history) > 1 else history["seconds"]
+        paper = Config.from_profile("paper", activation=config.activation, activation_params=config.activation_params,
+                                    initial_channels=config.initial_channels, precision=config.precision)
+        voxel_ratio = (paper.batch_size * paper.patch_size**3) / (config.batch_size * config.patch_size**3)
+        reached = epochs_to_reach(history.set_index("epoch")["val_nrmse"], target)
         rows.append({"activation": config.activation, "channels": config.initial_channels, "seed": config.seed,
                      "params": count_parameters(UNet3D(**config.model_kwargs())),
                      "seconds_per_epoch": float(steady.median()),
                      "seconds_per_iteration": float(steady.median()) / config.iterations,
                      "train_seconds": float(history["seconds"].sum()),
                      "peak_mem_mb": float(history["peak_mem_mb"].max()),
+                     "target_nrmse": target,
+                     "seconds_to_target": float(history.loc[history.epoch <= reached, "seconds"].sum())
+                     if reached != float("inf") else float("nan"),
+                     "paper_seconds_per_iteration_extrapolated": float(steady.median()) / config.iterations * voxel_ratio,
+                     "paper_memory_gib_estimate": training_memory_bytes(paper) / 2**30,
                      "precision": config.precision, "patch_size": config.patch_size, "batch_size": config.batch_size})
     table = pd.DataFrame(rows)
     if len(table):
         table = table.groupby(["activation", "channels"], as_index=False, sort=False).agg(
             seeds=("seed", "count"), params=("params", "first"), seconds_per_epoch=("seconds_per_epoch", "mean"),
             seconds_per_iteration=("seconds_per_iteration", "mean"), train_seconds=("train_seconds", "mean"),
-            peak_mem_mb=("peak_mem_mb", "max"), precision=("precision", "first"), patch_size=("patch_size", "first"),
+            peak_mem_mb=("peak_mem_mb", "max"), target_nrmse=("target_nrmse", "first"),
+            seconds_to_target=("seconds_to_target", "mean"),
+            paper_seconds_per_iteration_extrapolated=("paper_seconds_per_iteration_extrapolated", "mean"),
+            paper_memory_gib_estimate=("paper_memory_gib_estimate", "first"), precision=("precision", "first"), patch_size=("patch_size", "first"),
             batch_size=("batch_size", "first"))
         if write:
             io.write_text(results_dir(profile, root) / "costs.csv", table.to_csv(index=False))
+    return table
+
+
+def dead_unit_table(profile: str, root: str | Path | None = None, write: bool = True) -> pd.DataFrame:
+    """Per run and activation layer: fraction of dead channels at the early and final checkpoint.
+
+    A channel is dead when it is never positive on validation map 0 (see
+    :class:`qsmrep.train.ActivationRecorder`). Written to ``dead_units.csv``.
+    """
+    from qsmrep.train import load_checkpoint
+
+    rows = []
+    for config, folder in list_runs(profile, root):
+        for epoch in sorted({config.early, config.epochs}):
+            path = folder / checkpoint_name(epoch)
+            if path.exists():
+                for layer, fraction in load_checkpoint(path).get("dead_per_layer", {}).items():
+                    rows.append({"activation": config.activation, "channels": config.initial_channels, "seed": config.seed,
+                                 "epoch": epoch, "layer": layer, "dead_fraction": fraction})
+    table = pd.DataFrame(rows)
+    if write and len(table):
+        io.write_text(results_dir(profile, root) / "dead_units.csv", table.to_csv(index=False))
     return table
 
 
