@@ -202,3 +202,79 @@ def make_offline(html: str) -> str:
 def external_references(html: str) -> list[str]:
     """The ``src``/``href`` values of ``html`` that would fetch from the network."""
     return re.findall(r"""(?:src|href)\s*=\s*["']((?:https?:)?//[^"']+)["']""", html, flags=re.IGNORECASE)
+
+
+def _interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and two-sided t confidence interval over seeds (NaN interval for one seed)."""
+    from scipy import stats
+
+    values = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+    if len(values) == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+    return mean, mean - half, mean + half
+
+
+def seed_statistics(histories: pd.DataFrame, metrics: pd.DataFrame, early_epoch: int, final_epoch: int) -> pd.DataFrame:
+    """Per-seed evidence for C2, C3, C5 and C6 with the mean and a 95 % t interval over seeds.
+
+    Each quantity is computed within one seed (same seed, same data: a paired comparison), then
+    summarised over seeds. ``supports`` is True when the whole interval lies on the side the paper
+    claims, False when the whole interval lies on the other side or the mean does, and None
+    (undecided) for a single seed or an interval that straddles the boundary.
+    """
+    test = metrics.groupby(["activation", "channels", "epoch", "seed"])[["nrmse", "ssim"]].mean()
+    seeds = sorted(set(histories.seed))
+    per_seed: dict[str, list[float]] = {}
+
+    def put(key, value):
+        per_seed.setdefault(key, []).append(value)
+
+    final16 = _final(histories, "val_nrmse")
+    threshold = 1.1 * max(final16[(a, 16)] for a in ("relu", "leaky_relu", "elu"))
+    for seed in seeds:
+        h = histories[histories.seed == seed]
+        reach = {a: epochs_to_reach(_curve(h, a, 16, "val_nrmse"), threshold) for a in ("relu", "leaky_relu", "elu")}
+        best_other = min(reach["relu"], reach["leaky_relu"])
+        put("C2", reach["elu"] - best_other if np.isfinite(best_other) and np.isfinite(reach["elu"]) else np.nan)
+        loss = {(a, c): _curve(h, a, c, "val_loss").iloc[-1] for a, c in VARIANTS}
+        put("C3", np.mean([loss[("relu", 16)], loss[("leaky_relu", 16)]])
+            / np.mean([loss[("elu", 16)], *(loss[(a, 32)] for a in ("relu", "leaky_relu", "elu"))]))
+
+        def t(a, c, e, m):
+            return float(test.loc[(a, c, e, seed), m]) if (a, c, e, seed) in test.index else np.nan
+
+        put("C5 NRMSE", t("elu", 32, final_epoch, "nrmse") - min(t("relu", 32, final_epoch, "nrmse"), t("leaky_relu", 32, final_epoch, "nrmse")))
+        put("C5 SSIM", t("elu", 32, final_epoch, "ssim") - max(t("relu", 32, final_epoch, "ssim"), t("leaky_relu", 32, final_epoch, "ssim")))
+        put("C6 NRMSE", t("elu", 16, early_epoch, "nrmse") - t("relu", 16, early_epoch, "nrmse"))
+        put("C6 SSIM", t("elu", 16, early_epoch, "ssim") - t("relu", 16, early_epoch, "ssim"))
+
+    described = {
+        "C2": ("epochs for ELU16 to reach the validation-NRMSE threshold minus the best other 16-channel model's", "<", 0.0),
+        "C3": ("final val loss ratio (ReLU16, leaky16) / (ELU16 and 32-channel models)", ">", 1.5),
+        "C5 NRMSE": ("ELU32 test NRMSE minus the best other 32-channel model's (percentage points)", "<", 0.0),
+        "C5 SSIM": ("ELU32 test SSIM minus the best other 32-channel model's", ">", 0.0),
+        "C6 NRMSE": (f"ELU16 minus ReLU16 test NRMSE at epoch {early_epoch} (percentage points)", "<", 0.0),
+        "C6 SSIM": (f"ELU16 minus ReLU16 test SSIM at epoch {early_epoch}", ">", 0.0),
+    }
+    rows = []
+    for key, (quantity, side, boundary) in described.items():
+        mean, low, high = _interval(per_seed.get(key, []))
+        claimed = (lambda v: v < boundary) if side == "<" else (lambda v: v > boundary)
+        if not np.isfinite(mean):
+            supports = None
+        elif np.isfinite(low) and claimed(low) and claimed(high):
+            supports = True
+        elif (np.isfinite(low) and not claimed(low) and not claimed(high)) or (np.isfinite(low) and not claimed(mean)):
+            supports = False
+        else:
+            supports = None
+        rows.append({"claim": key, "quantity": quantity, "claimed": f"{side} {boundary:g}", "seeds": len(per_seed.get(key, [])),
+                     "per seed": ", ".join(f"{v:.3g}" for v in per_seed.get(key, [])), "mean": mean,
+                     "95 % CI low": low, "95 % CI high": high, "supports": supports})
+    table = pd.DataFrame(rows)
+    table["supports"] = pd.Series([row["supports"] for row in rows], dtype=object)  # keep True/False/None
+    return table

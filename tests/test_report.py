@@ -79,3 +79,36 @@ def test_make_offline_strips_network_references(tag):
     cleaned = make_offline(html)
     assert external_references(cleaned) == []
     assert "data:image/png;base64,AAAA" in cleaned
+
+
+def _seeded(n_seeds: int, elu_gain: float, rng_seed: int = 0):
+    """Paper-like histories and metrics for several seeds; ELU's advantage scaled by ``elu_gain`` plus noise."""
+    rng = np.random.default_rng(rng_seed)
+    histories, metrics, _costs = _paper_like()
+    hs, ms = [], []
+    for seed in range(n_seeds):
+        h = histories.assign(seed=seed)
+        h["val_nrmse"] = h.val_nrmse * (1 + 0.01 * rng.standard_normal(len(h)))
+        m = metrics.assign(seed=seed).copy()
+        is_elu = m.activation == "elu"
+        m.loc[is_elu, "nrmse"] = m.loc[is_elu, "nrmse"] * elu_gain + rng.standard_normal(is_elu.sum()) * 0.1
+        hs.append(h)
+        ms.append(m)
+    return pd.concat(hs), pd.concat(ms)
+
+
+def test_seed_statistics_interval_decides():
+    from qsmrep.report import seed_statistics
+
+    histories, metrics = _seeded(3, elu_gain=1.0)
+    table = seed_statistics(histories, metrics, 4, 20).set_index("claim")
+    assert table.loc["C6 NRMSE", "seeds"] == 3
+    assert table.loc["C6 NRMSE", "95 % CI high"] < 0 and table.loc["C6 NRMSE", "supports"] is True
+    # ELU made 3× worse: the interval lies on the wrong side
+    histories, metrics = _seeded(3, elu_gain=3.0)
+    table = seed_statistics(histories, metrics, 4, 20).set_index("claim")
+    assert table.loc["C6 NRMSE", "supports"] is False
+    # one seed: no interval, undecided
+    histories, metrics = _seeded(1, elu_gain=1.0)
+    table = seed_statistics(histories, metrics, 4, 20).set_index("claim")
+    assert table.loc["C6 NRMSE", "supports"] is None and np.isnan(table.loc["C6 NRMSE", "95 % CI low"])
