@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="cpu", help="profile (default: cpu)")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (default 1)")
     p.add_argument("--all", action="store_true", help="list every variant, finished or not")
+    p.add_argument("--extended", action="store_true",
+                   help="list the extended activation sweep instead, as folder<TAB>activation<TAB>params<TAB>seed lines")
 
     p = sub.add_parser("estimate", help="print memory and disk estimates for a profile; exit 2 where it cannot fit")
     p.add_argument("--profile", default="paper", help="profile (default: paper)")
@@ -139,6 +141,11 @@ def _run(args) -> int:
 
         if args.seeds < 1:
             raise ValueError(f"--seeds: must be ≥ 1, got {args.seeds}")
+        if args.extended:
+            from qsmrep.sweep import unfinished
+
+            print("\n".join(unfinished(args.profile, args.seeds, everything=args.all)))
+            return 0
         for seed in range(args.seeds):
             for activation, channels in PAPER_VARIANTS:
                 config = Config.from_profile(args.profile, activation=activation, initial_channels=channels, seed=seed)

@@ -145,3 +145,27 @@ def plot_dead_units(histories: pd.DataFrame) -> Figure:
     ax.legend(fontsize=8, frameon=False, ncol=2)
     fig.tight_layout()
     return fig
+
+
+def plot_sweep(histories: pd.DataFrame, metrics: pd.DataFrame) -> Figure:
+    """Extended sweep: (A) validation NRMSE against epoch per activation setting, (B) test NRMSE and SSIM."""
+    fig, (ax_curve, ax_nrmse) = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = list(dict.fromkeys(metrics["name"])) if len(metrics) else list(dict.fromkeys(histories["name"]))
+    cmap = plt.get_cmap("tab20")
+    for number, name in enumerate(names):
+        frame = histories[histories.name == name]
+        _band(ax_curve, frame, "val_nrmse", cmap(number % 20), "-", name)
+    ax_curve.set(title="A  validation mean NRMSE (16 channels)", xlabel="epoch", ylabel="NRMSE (%)")
+    ax_curve.grid(alpha=0.25)
+    ax_curve.legend(fontsize=7, frameon=False, ncol=2)
+    summary = metrics.groupby("name", sort=False)[["nrmse", "ssim"]].agg(["mean", "std"]).reindex(names)
+    x = np.arange(len(names))
+    ax_nrmse.bar(x, summary[("nrmse", "mean")], yerr=summary[("nrmse", "std")].fillna(0), color=[cmap(i % 20) for i in x])
+    ax_nrmse.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+    ax_nrmse.set(title="B  test NRMSE (bars, %) and SSIM (dots) after the full budget", ylabel="NRMSE (%)")
+    ax_ssim = ax_nrmse.twinx()
+    ax_ssim.plot(x, summary[("ssim", "mean")], "ko", ms=4)
+    ax_ssim.set_ylabel("SSIM")
+    fig.suptitle("Extended activation sweep")
+    fig.tight_layout()
+    return fig
