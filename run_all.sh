@@ -2,26 +2,30 @@
 # The whole reproduction for one profile: set-up if needed, train the six variants, evaluate,
 # draw Figures 1-4, render results/<profile>/report.html. Finished steps are skipped, interrupted
 # training resumes; see README.md.
+# The whole script is one block, read before it runs: editing this file during a run cannot corrupt that run.
+{
 set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-usage: ./run_all.sh [--profile cpu|smoke|paper] [--force] [--jobs N] [--seeds N]
+usage: ./run_all.sh [--profile cpu|smoke|paper] [--force] [--jobs N] [--seeds N] [--extended]
 
   --profile P   smoke (tests, ~2 min), cpu (default, ~45 min on 2 cores), paper (GPU, hours per model)
   --force       redo every step, retraining from scratch (otherwise finished steps are skipped)
   --jobs N      train N variants at once (CPU threads are split between them; on several GPUs one each)
   --seeds N     train every variant with seeds 0..N-1 (default 1)
+  --extended    also the activation sweep at 16 channels (leaky slopes, ELU alphas, GELU, SiLU, PReLU, Mish)
   -h, --help    this help
 USAGE
 }
 
-PROFILE=cpu FORCE=0 JOBS=1 SEEDS=1
+PROFILE=cpu FORCE=0 JOBS=1 SEEDS=1 EXTENDED=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) [ $# -ge 2 ] || { echo "run_all.sh: error: --profile needs a value" >&2; exit 2; }; PROFILE="$2"; shift 2 ;;
     --profile=*) PROFILE="${1#*=}"; shift ;;
     --force) FORCE=1; shift ;;
+    --extended) EXTENDED=1; shift ;;
     --jobs) [ $# -ge 2 ] || { echo "run_all.sh: error: --jobs needs a value" >&2; exit 2; }; JOBS="$2"; shift 2 ;;
     --jobs=*) JOBS="${1#*=}"; shift ;;
     --seeds) [ $# -ge 2 ] || { echo "run_all.sh: error: --seeds needs a value" >&2; exit 2; }; SEEDS="$2"; shift 2 ;;
@@ -102,6 +106,8 @@ step() {
   fi
 }
 
+LIB=(qsmrep/*.py)
+
 # ---------------------------------------------------------------- 0. a look at the data
 step "data" "$FIG/fig0_data.png" -- notebooks/00_data.ipynb qsmrep/synth.py qsmrep/viz.py -- \
   run_notebook 00_data.ipynb 00_data.ipynb || true
@@ -149,8 +155,30 @@ for i in "${!pids[@]}"; do
   wait "${pids[$i]}" || FAILED+=("train ${names[$i]}")
 done
 
+if [ "$EXTENDED" = 1 ]; then
+  mapfile -t SWEEP < <("$PY" -m qsmrep status --profile "$PROFILE" --seeds "$SEEDS" --extended $([ "$FORCE" = 1 ] && echo --all))
+  log "extended sweep: ${#SWEEP[@]} runs to do"
+  for line in "${SWEEP[@]}"; do
+    [ -n "$line" ] || continue
+    IFS=$'\t' read -r folder act params seed <<< "$line"
+    name="sweep $(basename "$folder")"
+    t0=$SECONDS
+    echo "    $name: started"
+    force=False; [ "$FORCE" = 1 ] && force=True
+    if run_notebook 10_train.ipynb "10_train_sweep_$(basename "$folder").ipynb" --log-output --no-progress-bar \
+         -p activation "$act" -p channels 16 -p seed "$seed" -p out_dir "$folder" -p force "$force" \
+         -y "overrides: {activation_params: $params}" > "$NBOUT/train_sweep_$(basename "$folder").log" 2>&1; then
+      echo "    $name: done in $((SECONDS - t0)) s"; record "$name" $((SECONDS - t0)) ok
+    else
+      echo "!!  $name: failed; see $NBOUT/train_sweep_$(basename "$folder").log" >&2
+      record "$name" $((SECONDS - t0)) failed; FAILED+=("$name")
+    fi
+  done
+  step "sweep figure" "$FIG/fig5_sweep.png" "$RES/sweep_metrics.csv" -- notebooks/24_sweep.ipynb \
+    $(ls "$RES"/sweep/*/history.csv 2>/dev/null) "${LIB[@]}" -- run_notebook 24_sweep.ipynb 24_sweep.ipynb || true
+fi
+
 # ---------------------------------------------------------------- 2. evaluation and figures
-LIB=(qsmrep/*.py)
 step "evaluate" "$RES/metrics_per_map.csv" "$RES/arrays.npz" "$RES/histories.csv" "$RES/costs.csv" -- \
   notebooks/11_evaluate.ipynb $(ls "$RES"/runs/*/history.csv "$RES"/runs/*/epoch_*.pt 2>/dev/null) -- \
   run_notebook 11_evaluate.ipynb 11_evaluate.ipynb || true
@@ -170,7 +198,7 @@ render_report() {
       --CoalesceStreamsPreprocessor.enabled=True --output-dir "$NBOUT" --output report_raw --log-level WARN &&
   "$PY" -m qsmrep offline-html "$NBOUT/report_raw.html" "$RES/report.html"
 }
-step "report" "$RES/report.html" -- notebooks/30_report.ipynb "$FIG"/*.png "$RES/metrics_per_map.csv" "$RES/metrics_summary.csv" \
+step "report" "$RES/report.html" -- notebooks/30_report.ipynb "$FIG"/*.png $(ls "$RES"/sweep_*.csv 2>/dev/null) "$RES/metrics_per_map.csv" "$RES/metrics_summary.csv" \
   "$RES/histories.csv" "$RES/costs.csv" "${LIB[@]}" -- render_report || true
 
 # ---------------------------------------------------------------- summary
@@ -184,3 +212,5 @@ if [ ${#FAILED[@]} -gt 0 ]; then
   echo "    finished variants and results are kept; fix the cause and run ./run_all.sh --profile $PROFILE again" >&2
   exit 1
 fi
+exit 0
+}

@@ -111,8 +111,9 @@ def _run(args) -> int:
         except NonFiniteError as err:
             print(f"qsmrep: training stopped: {err}", file=sys.stderr)
             return 1
-        last = history.iloc[-1]
-        print(f"{config.variant}: {len(history)} epochs, val NRMSE {last['val_nrmse']:.2f} %, run folder {args.out}")
+        if len(history):  # under torchrun only rank 0 holds the full history
+            last = history.iloc[-1]
+            print(f"{config.variant}: {len(history)} epochs, val NRMSE {last['val_nrmse']:.2f} %, run folder {args.out}")
         return 0
     if args.command == "evaluate":
         from qsmrep.evaluate import evaluate_runs, load_model

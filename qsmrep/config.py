@@ -53,7 +53,7 @@ class Config:
     activation_params: dict = field(default_factory=dict)  # e.g. {"negative_slope": 0.2}; {} = registry defaults
     initial_channels: int = 16  # channels of the first level, doubled per level (paper: 16 or 32)
     depth: int = 5  # levels of the U-Net (paper: five)
-    norm: str = "none"  # normalisation after each convolution: none | batch | instance | group
+    norm: str = "batch"  # normalisation after each convolution: batch (Çiçek 2016 3D U-Net) | none | instance | group
     init: str = "he"  # weight initialisation: he (Kaiming-normal, as Ronneberger 2015 prescribes) | default (PyTorch's)
     # --- optimisation ---
     patch_size: int = 32  # edge of the random cubic training patches (paper: 160)

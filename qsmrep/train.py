@@ -20,13 +20,14 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from qsmrep import io
+from qsmrep import distributed, io
 from qsmrep.config import Config
 from qsmrep.data import SyntheticMaps, epoch_plan, patch_loader
 from qsmrep.loss import PhysicsInformedLoss
@@ -192,21 +193,42 @@ def _grads_finite(model: nn.Module) -> bool:
     return all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def train(config: Config, out: str | Path, progress: bool = True, force: bool = False) -> pd.DataFrame:
+def train(config: Config, out: str | Path, progress: bool = True, force: bool = False,
+          on_finish: Callable[[nn.Module], None] | None = None) -> pd.DataFrame:
     """Train ``config``'s variant into folder ``out``; resume if it holds an unfinished run.
 
     Returns the history (one row per epoch). A finished run returns its history without training.
     Raises :class:`NonFiniteError` on a non-finite loss or gradient with ``nonfinite="stop"``.
+    ``on_finish(model)`` is called with the trained model at the end. Under ``torchrun`` with
+    several processes, training is data-parallel (:mod:`qsmrep.distributed`); rank 0 writes the
+    files and returns the full history.
     """
-    out = io.check_writable_dir(out)
-    io.remove_temporaries(out)  # left by a run killed while writing
-    if force:
-        for path in [out / CONFIG_FILE, out / HISTORY_FILE, out / LAST_FILE, out / FAILED_FILE, *out.glob("epoch_*.pt")]:
-            path.unlink(missing_ok=True)
-    _check_same_config(out, config)
-    io.write_text(out / CONFIG_FILE, config.to_yaml())
+    context = distributed.setup(config.device)
+    try:
+        return _train(config, Path(out), progress, force, on_finish, context)
+    finally:
+        context.close()
+
+
+def _train(config: Config, out: Path, progress: bool, force: bool, on_finish, context: distributed.Context) -> pd.DataFrame:
+    if context.is_main:
+        out = io.check_writable_dir(out)
+        io.remove_temporaries(out)
+        if force:
+            for path in [out / CONFIG_FILE, out / HISTORY_FILE, out / LAST_FILE, out / FAILED_FILE, *out.glob("epoch_*.pt")]:
+                path.unlink(missing_ok=True)
+        _check_same_config(out, config)
+        io.write_text(out / CONFIG_FILE, config.to_yaml())
+    context.barrier()
     device = resolve_device(config.device)
+    if context.enabled and device.type == "cuda":
+        device = torch.device("cuda", context.local_rank)
     model = build_model(config, device)
+    net = model
+    if context.enabled:
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[context.local_rank] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = PhysicsInformedLoss.from_config(config)
 
@@ -218,18 +240,24 @@ def train(config: Config, out: str | Path, progress: bool = True, force: bool = 
         optimizer.load_state_dict(ckpt["optimizer"])
         rows = list(ckpt["history"])
         start_epoch = int(ckpt["epoch"]) + 1
-    (out / FAILED_FILE).unlink(missing_ok=True)
+    context.barrier()
+    if context.is_main:
+        (out / FAILED_FILE).unlink(missing_ok=True)
     if start_epoch > config.epochs:
-        _write_history(out, rows)
+        if context.is_main:
+            _write_history(out, rows)
+        if on_finish is not None:
+            on_finish(model)
         return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
 
     train_maps = SyntheticMaps("train", config.n_train, config.map_size, config.data_seed, config.cache_maps, progress)
     val_maps = SyntheticMaps("val", config.n_val, config.map_size, config.data_seed, config.cache_maps, progress)
-    bar = _progress_bar(config, start_epoch, progress)
+    bar = _progress_bar(config, start_epoch, progress and context.is_main)
     model.train()
     for epoch in range(start_epoch, config.epochs + 1):
         plan = epoch_plan(config.seed, epoch, config.n_train, config.map_size, config.patch_size,
                           config.batch_size, config.iterations)
+        plan = [distributed.shard(batch, context) for batch in plan]
         sums = {"total": 0.0, "chi": 0.0, "field": 0.0}
         steps = skipped = 0
         data_seconds = 0.0
@@ -241,16 +269,19 @@ def train(config: Config, out: str | Path, progress: bool = True, force: bool = 
                 field = field.contiguous(memory_format=torch.channels_last_3d)
             data_seconds += time.perf_counter() - waited
             with autocast(device, config.precision):
-                pred = model(field)
+                pred = net(field)
             parts = loss_fn.components(pred, chi, field)
             optimizer.zero_grad(set_to_none=True)
             finite = bool(torch.isfinite(parts["total"]))
+            if context.enabled:  # every rank must take the same branch, or the gradient all-reduce hangs
+                finite = context.mean([float(finite)])[0] == 1.0
             if finite:
                 parts["total"].backward()
                 finite = _grads_finite(model)
             if not finite:
                 if config.nonfinite == "stop":
-                    _write_failure(out, epoch, iteration, rows)
+                    if context.is_main:
+                        _write_failure(out, epoch, iteration, rows)
                     raise NonFiniteError(
                         f"non-finite loss or gradient at epoch {epoch}, iteration {iteration}; training stopped, "
                         f"last good checkpoint: {out / LAST_FILE if rows else 'none (first epoch)'}")
@@ -264,12 +295,17 @@ def train(config: Config, out: str | Path, progress: bool = True, force: bool = 
             bar.set_postfix(epoch=epoch, loss=f"{parts['total'].item():.4f}", refresh=False)
             waited = time.perf_counter()
         if steps == 0:
-            _write_failure(out, epoch, config.iterations, rows)
+            if context.is_main:
+                _write_failure(out, epoch, config.iterations, rows)
             raise NonFiniteError(f"every step of epoch {epoch} was non-finite and skipped; training stopped")
+        means = context.mean([sums["total"] / steps, sums["chi"] / steps, sums["field"] / steps])
+        if not context.is_main:
+            context.barrier()  # rank 0 validates and writes
+            continue
         val = validate(model, val_maps, loss_fn, device, config.precision)
         rows.append({
             "epoch": epoch, "iterations": config.iterations,
-            "train_loss": sums["total"] / steps, "train_chi": sums["chi"] / steps, "train_field": sums["field"] / steps,
+            "train_loss": means[0], "train_chi": means[1], "train_field": means[2],
             "val_loss": val["val_loss"], "val_nrmse": val["val_nrmse"], "dead_fraction": val["dead_fraction"],
             "skipped_steps": skipped, "seconds": time.perf_counter() - started, "data_seconds": data_seconds,
             "peak_mem_mb": peak_memory_mb(device),
@@ -281,7 +317,11 @@ def train(config: Config, out: str | Path, progress: bool = True, force: bool = 
             io.save_torch(out / checkpoint_name(epoch), state)
         io.save_torch(out / LAST_FILE, {**state, "optimizer": optimizer.state_dict()})
         _write_history(out, rows)
+        context.barrier()
     bar.close()
+    context.broadcast_buffers(model)
+    if on_finish is not None:
+        on_finish(model)
     return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
 
 

@@ -39,7 +39,7 @@ def test_cpu_and_smoke_profiles():
 def test_variant_and_model_kwargs():
     cfg = Config.from_profile("smoke", activation="leaky_relu", initial_channels=32)
     assert cfg.variant == "leaky_relu32"
-    assert cfg.model_kwargs() == dict(initial_channels=32, depth=5, activation=("leaky_relu", {}), norm="none", init="he")
+    assert cfg.model_kwargs() == dict(initial_channels=32, depth=5, activation=("leaky_relu", {}), norm="batch", init="he")
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))

@@ -144,25 +144,27 @@ def test_model_uses_requested_activation_everywhere(spec, cls, attrs):
 
 # ------------------------------------------------------------------ parameter counts
 # Hand count, depth 5, widths c0·(1, 2, 4, 8, 16); no activation of the paper has parameters, so the
-# count depends on the width only:
-#   relu16 = leaky_relu16 = elu16 = 5,644,913 parameters
-#   relu32 = leaky_relu32 = elu32 = 22,575,329 parameters
-def _double_conv(cin, cout):
-    return 27 * cin * cout + cout + 27 * cout * cout + cout
+# count depends on the width only. Each convolution is followed by batch normalisation (default),
+# which adds a scale and a shift per channel:
+#   relu16 = leaky_relu16 = elu16 = 5,647,857 parameters (5,644,913 without normalisation)
+#   relu32 = leaky_relu32 = elu32 = 22,581,217 parameters (22,575,329 without normalisation)
+def _double_conv(cin, cout, norm=True):
+    return 27 * cin * cout + cout + 27 * cout * cout + cout + (4 * cout if norm else 0)
 
 
-def _hand_count(c0, depth=5):
+def _hand_count(c0, depth=5, norm=True):
     widths = [c0 * 2**level for level in range(depth)]
-    total = _double_conv(1, widths[0])
-    total += sum(_double_conv(widths[l - 1], widths[l]) for l in range(1, depth))
+    total = _double_conv(1, widths[0], norm)
+    total += sum(_double_conv(widths[l - 1], widths[l], norm) for l in range(1, depth))
     for w in widths[:-1]:  # decoder: transposed conv 2³ (2w → w), then DoubleConv(2w, w)
         total += 8 * (2 * w) * w + w
-        total += _double_conv(2 * w, w)
+        total += _double_conv(2 * w, w, norm)
     total += 1 * widths[0] + 1  # 1×1×1 head to one channel
     return total
 
 
-PAPER_COUNTS = {16: 5_644_913, 32: 22_575_329}
+PAPER_COUNTS = {16: 5_647_857, 32: 22_581_217}
+PAPER_COUNTS_NO_NORM = {16: 5_644_913, 32: 22_575_329}
 
 
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu", "elu"])
@@ -173,6 +175,8 @@ def test_parameter_count_of_paper_variants(activation, channels):
     print(f"{activation}{channels}: {n:,} parameters")
     assert _hand_count(channels) == PAPER_COUNTS[channels]
     assert n == PAPER_COUNTS[channels]
+    plain = count_parameters(UNet3D(initial_channels=channels, depth=5, activation=activation, norm="none"))
+    assert plain == _hand_count(channels, norm=False) == PAPER_COUNTS_NO_NORM[channels]
 
 
 def test_prelu_adds_one_parameter_per_layer():
