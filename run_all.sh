@@ -58,12 +58,16 @@ if [ "$PROFILE" = paper ]; then
 fi
 
 TIMINGS="$RES/timings.csv"
-echo "step,seconds,status" > "$TIMINGS"  # this invocation's steps; skipped ones take 0 s
+# one row per step and invocation, appended (the report shows each step's latest real run)
+INVOCATION="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+if [ ! -f "$TIMINGS" ] || [ "$FORCE" = 1 ] || [ "$(head -1 "$TIMINGS")" != "invocation,step,seconds,status" ]; then
+  echo "invocation,step,seconds,status" > "$TIMINGS"
+fi
 FAILED=()
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))}"
 
 log() { printf '\n==> %s\n' "$*"; }
-record() { echo "$1,$2,$3" >> "$TIMINGS"; }
+record() { echo "$INVOCATION,$1,$2,$3" >> "$TIMINGS"; }
 
 # run_notebook NAME OUTPUT_NAME [papermill args...]: execute notebooks/NAME into $NBOUT/OUTPUT_NAME
 run_notebook() {
