@@ -15,8 +15,8 @@ Cases (one row each; ``--json`` prints one JSON object per row on stdout, progre
   peak resident set size (``peak_mem_mb``, ``peak_mem_kind = "process peak RSS"``) and its increase
   over the idle worker (``peak_mem_increase_mb``).
 * ``monai_step``: the same step for MONAI's ``BasicUNet`` configured to the same widths, depth and
-  activation (no normalisation, no dropout, transposed-convolution upsampling), fp32, at 32³ and
-  48³ patches (and the profile's); ``monai_ratio``: MONAI fp32 seconds / our fastest setting's
+  activation and the profile's normalisation (batch norm by default; no dropout, transposed-convolution
+  upsampling), fp32, at 32³ and 48³ patches (and the profile's); ``monai_ratio``: MONAI fp32 seconds / our fastest setting's
   seconds at the same variant and patch (target of issue 6: ≥ 1.8). Skipped with a note when
   ``monai`` is not installed (``pip install 'qsmrep[bench]'``) or with ``--no-monai``.
 * ``generator``: seconds per synthetic sample (χ and field) at 64³, 160³, 320³
@@ -94,6 +94,10 @@ class StepSpec:
         return f"{self.precision}/{self.memory_format}"
 
 
+_MONAI_NORM = {"none": None, "batch": "batch", "instance": ("instance", {"affine": True}),
+               "group": ("group", {"num_groups": 8})}
+
+
 def _activation_params(activation: str) -> dict:
     return dict(ACTIVATIONS[activation][1])
 
@@ -114,8 +118,9 @@ def build_net(spec: StepSpec) -> torch.nn.Module:
         c = spec.channels
         params = _activation_params(spec.activation)
         act = (_MONAI_ACT[spec.activation], params) if params else _MONAI_ACT[spec.activation]
+        norm = _MONAI_NORM[Config.from_profile(spec.profile).norm]  # the same normalisation as ours
         return BasicUNet(spatial_dims=3, in_channels=1, out_channels=1, features=(c, 2 * c, 4 * c, 8 * c, 16 * c, c),
-                         act=act, norm=None, dropout=0.0, upsample="deconv")
+                         act=act, norm=norm, dropout=0.0, upsample="deconv")
     raise ValueError(f"model: unknown {spec.model!r}")
 
 

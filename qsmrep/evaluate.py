@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -154,9 +153,5 @@ def evaluate_runs(checkpoints: dict[str, str | Path], out: str | Path, config: C
     phantom_table, phantom_arrays = evaluate_phantom(checkpoints, config, device)
     io.write_text(out / "metrics_phantom.csv", phantom_table.to_csv(index=False))
     arrays.update(phantom_arrays)
-    import io as _stdio
-
-    buffer = _stdio.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    io.write_bytes(out / "arrays.npz", buffer.getvalue())
+    io.save_npz(out / "arrays.npz", **arrays)
     return per_map

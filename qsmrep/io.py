@@ -67,6 +67,15 @@ def save_torch(path: str | os.PathLike, obj: Any) -> Path:
     return write_bytes(path, buffer.getvalue())
 
 
+def save_npz(path: str | os.PathLike, **arrays) -> Path:
+    """Atomically write numpy ``arrays`` as a compressed ``.npz``."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return write_bytes(path, buffer.getvalue())
+
+
 def save_figure(fig, path_without_suffix: str | os.PathLike, formats=("png", "svg"), dpi: int = 150) -> list[Path]:
     """Atomically save a matplotlib figure in each of ``formats``; returns the paths written."""
     written = []

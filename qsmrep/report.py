@@ -195,8 +195,7 @@ _EXTERNAL = re.compile(r"""<script[^>]*\bsrc=["']https?://[^"']*["'][^>]*>\s*</s
 def make_offline(html: str) -> str:
     """Remove every ``<script src=http…>`` and ``<link href=http…>`` (nbconvert's CDN MathJax and
     require.js): the report's equations are drawn inside its figures, so nothing is lost."""
-    html = _EXTERNAL.sub("", html)
-    return html
+    return _EXTERNAL.sub("", html)
 
 
 def external_references(html: str) -> list[str]:
