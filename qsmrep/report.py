@@ -152,6 +152,12 @@ def evaluate_claims(histories: pd.DataFrame, metrics: pd.DataFrame, early_epoch:
     return pd.DataFrame(rows)
 
 
+def _code_changes(git) -> str:
+    """Uncommitted changes to tracked files other than the run's own outputs (``results/``, ``figures/``),
+    which every run rewrites and which are committed after it."""
+    return git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results", ":(exclude)figures")
+
+
 def provenance(profile: str, repo: str | Path = ".") -> dict:
     """Commit, date, machine, CPU/GPU and library versions of this run."""
     import torch
@@ -176,7 +182,7 @@ def provenance(profile: str, repo: str | Path = ".") -> dict:
         pass
     return {
         "profile": profile,
-        "commit": git("rev-parse", "--short", "HEAD") + (" (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""),
+        "commit": git("rev-parse", "--short", "HEAD") + (" (with uncommitted changes)" if _code_changes(git) else ""),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.node()} ({platform.system()} {platform.machine()})",
         "cpu": f"{cpu}, {os.cpu_count()} cores",

@@ -112,3 +112,27 @@ def test_seed_statistics_interval_decides():
     histories, metrics = _seeded(1, elu_gain=1.0)
     table = seed_statistics(histories, metrics, 4, 20).set_index("claim")
     assert table.loc["C6 NRMSE", "supports"] is None and np.isnan(table.loc["C6 NRMSE", "95 % CI low"])
+
+
+def test_provenance_flags_code_changes_but_not_the_runs_own_outputs(tmp_path):
+    import subprocess
+
+    from qsmrep.report import provenance
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    for folder in ("results", "figures", "qsmrep"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "file.txt").write_text("v1")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
+
+    clean = provenance("cpu", tmp_path)["commit"]
+    assert clean and "uncommitted" not in clean
+    (tmp_path / "results" / "file.txt").write_text("rewritten by the run")
+    (tmp_path / "figures" / "file.txt").write_text("rewritten by the run")
+    assert provenance("cpu", tmp_path)["commit"] == clean
+    (tmp_path / "qsmrep" / "file.txt").write_text("edited code")
+    assert provenance("cpu", tmp_path)["commit"] == clean + " (with uncommitted changes)"
