@@ -126,14 +126,17 @@ done
 mapfile -t TODO < <("$PY" -m qsmrep status --profile "$PROFILE" --seeds "$SEEDS" $([ "$FORCE" = 1 ] && echo --all))
 log "training: ${#VARIANTS[@]} variants, ${#TODO[@]} to do (profile $PROFILE, $JOBS at a time, $OMP_NUM_THREADS threads each)"
 
+GPUS=0
+if [ "$JOBS" -gt 1 ] && command -v nvidia-smi >/dev/null 2>&1; then GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true); fi
+
 train_variant() {  # act:channels:seed slot
   IFS=: read -r act channels seed <<< "$1"
-  local slot="$2" name="train ${act}${channels} seed ${seed}" t0=$SECONDS
+  local slot="$2" name="train ${act}${channels} seed ${seed}" t0=$SECONDS where=""
   local force=False; [ "$FORCE" = 1 ] && force=True
-  if command -v nvidia-smi >/dev/null 2>&1 && [ "$JOBS" -gt 1 ]; then
-    export CUDA_VISIBLE_DEVICES=$(( slot % $(nvidia-smi -L | wc -l) ))
+  if [ "$GPUS" -gt 0 ]; then
+    export CUDA_VISIBLE_DEVICES=$(( slot % GPUS )); where=" on GPU $CUDA_VISIBLE_DEVICES"
   fi
-  echo "    $name: started"
+  echo "    $name: started$where"
   if run_notebook 10_train.ipynb "10_train_${act}${channels}_s${seed}.ipynb" --log-output --no-progress-bar \
        -p activation "$act" -p channels "$channels" -p seed "$seed" -p force "$force" > "$NBOUT/train_${act}${channels}_s${seed}.log" 2>&1; then
     echo "    $name: done in $((SECONDS - t0)) s"
@@ -146,14 +149,23 @@ train_variant() {  # act:channels:seed slot
   fi
 }
 
-slot=0
+# Slots 0..JOBS-1, each running one variant at a time; slot k uses GPU k mod GPUS, so no two
+# concurrent variants share a GPU while there are at least as many GPUs as jobs.
+SLOT_PID=()
+free_slot() {
+  local k running=" $(jobs -rp | tr '\n' ' ') "
+  for ((k = 0; k < JOBS; k++)); do
+    if [ -z "${SLOT_PID[$k]:-}" ] || [[ "$running" != *" ${SLOT_PID[$k]} "* ]]; then echo "$k"; return 0; fi
+  done
+  return 1
+}
 pids=() names=()
 for v in "${TODO[@]}"; do
   [ -n "$v" ] || continue
-  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+  while ! slot=$(free_slot); do wait -n || true; done
   train_variant "$v" "$slot" &
+  SLOT_PID[$slot]=$!
   pids+=($!) names+=("$v")
-  slot=$((slot + 1))
 done
 for i in "${!pids[@]}"; do
   wait "${pids[$i]}" || FAILED+=("train ${names[$i]}")
