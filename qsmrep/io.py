@@ -76,12 +76,21 @@ def save_npz(path: str | os.PathLike, **arrays) -> Path:
     return write_bytes(path, buffer.getvalue())
 
 
+_UNDATED = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}
+
+
 def save_figure(fig, path_without_suffix: str | os.PathLike, formats=("png", "svg"), dpi: int = 150) -> list[Path]:
-    """Atomically save a matplotlib figure in each of ``formats``; returns the paths written."""
+    """Atomically save a matplotlib figure in each of ``formats``; returns the paths written.
+
+    The files carry no date and SVG ids come from a fixed salt, so an unchanged figure is byte-identical
+    on every re-render and committed figures change only when their content does."""
+    import matplotlib
+
     written = []
     for fmt in formats:
         buffer = io.BytesIO()
-        fig.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight")
+        with matplotlib.rc_context({"svg.hashsalt": "qsmrep"}):
+            fig.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight", metadata=_UNDATED.get(fmt))
         written.append(write_bytes(Path(f"{path_without_suffix}.{fmt}"), buffer.getvalue()))
     return written
 
