@@ -32,6 +32,20 @@ def _final(histories: pd.DataFrame, column: str) -> pd.Series:
     return last.groupby(["activation", "channels"])[column].mean()
 
 
+def end_level(curve: pd.Series) -> float:
+    """Where a training curve ends: the median over its last 20 % of epochs (at least one).
+
+    A single-epoch spike at the very end (seen with ReLU16: validation NRMSE 52 → 123 % in the last
+    epoch of one seed) moves the last value but not this level."""
+    return float(curve.iloc[-max(1, len(curve) // 5):].median())
+
+
+def _end_levels(histories: pd.DataFrame, column: str) -> pd.Series:
+    """Per variant: mean over seeds of each seed's :func:`end_level` of ``column``."""
+    ends = histories.sort_values("epoch").groupby(["activation", "channels", "seed"])[column].agg(end_level)
+    return ends.groupby(["activation", "channels"]).mean()
+
+
 def _curve(histories: pd.DataFrame, activation: str, channels: int, column: str) -> pd.Series:
     frame = histories[(histories.activation == activation) & (histories.channels == channels)]
     return frame.groupby("epoch")[column].mean()
@@ -82,7 +96,7 @@ def evaluate_claims(histories: pd.DataFrame, metrics: pd.DataFrame, early_epoch:
         REPRODUCED if ok else NOT_REPRODUCED)
 
     # C2 ELU16 early and fastest among 16-channel models
-    finals16 = {a: _final(histories, "val_nrmse")[(a, 16)] for a in ("relu", "leaky_relu", "elu")}
+    finals16 = {a: _end_levels(histories, "val_nrmse")[(a, 16)] for a in ("relu", "leaky_relu", "elu")}
     threshold = 1.1 * max(finals16.values())
     reach = {a: epochs_to_reach(_curve(histories, a, 16, "val_nrmse"), threshold) for a in finals16}
     at_early = {a: _curve(histories, a, 16, "val_nrmse").get(early_epoch, np.nan) for a in finals16}
@@ -90,17 +104,18 @@ def evaluate_claims(histories: pd.DataFrame, metrics: pd.DataFrame, early_epoch:
     add("C2", "16-channel ELU reaches low validation loss/NRMSE earlier than the other 16-channel models",
         f"epochs to val NRMSE ≤ {threshold:.1f} %: " + ", ".join(f"{a} {reach[a]:g}" for a in reach)
         + f"; val NRMSE at epoch {early_epoch}: " + ", ".join(f"{a} {at_early[a]:.1f} %" for a in at_early),
-        "ELU16 strictly first to reach 1.1 × the worst final 16-channel NRMSE, and lowest at the early epoch",
+        "ELU16 strictly first to reach 1.1 × the worst 16-channel end level (median val NRMSE over the last 20 % of "
+        "epochs), and lowest at the early epoch",
         REPRODUCED if ok else NOT_REPRODUCED)
 
     # C3 ReLU16 / leaky16 end with about twice the validation loss of the others
-    final_loss = _final(histories, "val_loss")
+    final_loss = _end_levels(histories, "val_loss")
     weak = np.mean([final_loss[("relu", 16)], final_loss[("leaky_relu", 16)]])
     others = np.mean([final_loss[("elu", 16)]] + [final_loss[(a, 32)] for a in ("relu", "leaky_relu", "elu")])
     ratio = weak / others
     add("C3", "16-channel ReLU and leaky-ReLU models end with about twice the validation loss of the others",
-        f"final val loss ratio (ReLU16, leaky16) / (ELU16 and 32-channel models) = {ratio:.2f}",
-        "ratio ≥ 1.5", REPRODUCED if ratio >= 1.5 else NOT_REPRODUCED)
+        f"end-level val loss ratio (ReLU16, leaky16) / (ELU16 and 32-channel models) = {ratio:.2f}",
+        "ratio ≥ 1.5, end level = median over the last 20 % of epochs", REPRODUCED if ratio >= 1.5 else NOT_REPRODUCED)
 
     # C4 32-channel models similar after the full budget
     n32 = {a: _test(metrics, a, 32, final_epoch, "nrmse") for a in ("relu", "leaky_relu", "elu")}
@@ -238,14 +253,14 @@ def seed_statistics(histories: pd.DataFrame, metrics: pd.DataFrame, early_epoch:
     def put(key, value):
         per_seed.setdefault(key, []).append(value)
 
-    final16 = _final(histories, "val_nrmse")
+    final16 = _end_levels(histories, "val_nrmse")
     threshold = 1.1 * max(final16[(a, 16)] for a in ("relu", "leaky_relu", "elu"))
     for seed in seeds:
         h = histories[histories.seed == seed]
         reach = {a: epochs_to_reach(_curve(h, a, 16, "val_nrmse"), threshold) for a in ("relu", "leaky_relu", "elu")}
         best_other = min(reach["relu"], reach["leaky_relu"])
         put("C2", reach["elu"] - best_other if np.isfinite(best_other) and np.isfinite(reach["elu"]) else np.nan)
-        loss = {(a, c): _curve(h, a, c, "val_loss").iloc[-1] for a, c in VARIANTS}
+        loss = {(a, c): end_level(_curve(h, a, c, "val_loss")) for a, c in VARIANTS}
         put("C3", np.mean([loss[("relu", 16)], loss[("leaky_relu", 16)]])
             / np.mean([loss[("elu", 16)], *(loss[(a, 32)] for a in ("relu", "leaky_relu", "elu"))]))
 
@@ -258,8 +273,9 @@ def seed_statistics(histories: pd.DataFrame, metrics: pd.DataFrame, early_epoch:
         put("C6 SSIM", t("elu", 16, early_epoch, "ssim") - t("relu", 16, early_epoch, "ssim"))
 
     described = {
-        "C2": ("epochs for ELU16 to reach the validation-NRMSE threshold minus the best other 16-channel model's", "<", 0.0),
-        "C3": ("final val loss ratio (ReLU16, leaky16) / (ELU16 and 32-channel models)", ">", 1.5),
+        "C2": (f"epochs for ELU16 to reach val NRMSE ≤ {threshold:.1f} % (the C2 threshold) minus the best other "
+               "16-channel model's", "<", 0.0),
+        "C3": ("end-level val loss ratio (ReLU16, leaky16) / (ELU16 and 32-channel models)", ">", 1.5),
         "C5 NRMSE": ("ELU32 test NRMSE minus the best other 32-channel model's (percentage points)", "<", 0.0),
         "C5 SSIM": ("ELU32 test SSIM minus the best other 32-channel model's", ">", 0.0),
         "C6 NRMSE": (f"ELU16 minus ReLU16 test NRMSE at epoch {early_epoch} (percentage points)", "<", 0.0),

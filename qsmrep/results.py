@@ -77,14 +77,14 @@ def cost_table(profile: str, root: str | Path | None = None, write: bool = True)
     Paper scale (four 160³ patches): memory is the estimate of :mod:`qsmrep.estimate`, the time per
     iteration is *extrapolated* from this run by the voxel ratio (compute grows linearly with voxels),
     unless this run is the paper profile. ``seconds_to_target`` is the training time until the
-    validation NRMSE first reaches ``target_nrmse``, the worst final NRMSE of all variants (a level
-    every variant reaches).
+    validation NRMSE first reaches ``target_nrmse``: the highest end level (median over the last
+    20 % of epochs) of all runs, a level every run reaches and that a last-epoch spike cannot inflate.
     """
     from qsmrep.estimate import training_memory_bytes
-    from qsmrep.report import epochs_to_reach
+    from qsmrep.report import end_level, epochs_to_reach
 
     histories = {folder: read_history(folder) for _config, folder in list_runs(profile, root)}
-    finals = [h["val_nrmse"].iloc[-1] for h in histories.values() if len(h)]
+    finals = [end_level(h.sort_values("epoch")["val_nrmse"]) for h in histories.values() if len(h)]
     target = max(finals) if finals else float("nan")
     rows = []
     for config, folder in list_runs(profile, root):

@@ -62,6 +62,31 @@ def test_missing_variant_is_not_testable():
     assert claims.verdict.tolist() == [NOT_TESTABLE] and "elu16" in claims.evidence.iloc[0]
 
 
+def test_end_level_ignores_a_last_epoch_spike():
+    from qsmrep.report import end_level
+
+    curve = pd.Series([100.0, 80, 60, 50, 48, 47, 46, 45, 44, 120], index=range(1, 11))
+    assert end_level(curve) == 82.0  # median of the last 2 of 10 epochs: still moved by a spike in 2 values
+    curve = pd.Series(np.r_[np.linspace(100, 50, 20), [50, 50, 50, 50, 123]], index=range(1, 26))
+    assert end_level(curve) == 50.0
+    assert end_level(pd.Series([7.0], index=[1])) == 7.0
+
+
+def test_a_last_epoch_spike_decides_neither_c2_nor_c3():
+    """ReLU16 spiking in its last epoch (as one cpu seed did) must not make its end loss "twice the
+    others" (C3) nor lift the C2 threshold above the starting NRMSE (every model then 'reaches' it at epoch 1)."""
+    final = {"relu16": 0.4, "leaky_relu16": 0.4, "elu16": 0.4, "relu32": 0.4, "leaky_relu32": 0.4, "elu32": 0.4}
+    speed = {k: 3 for k in final}
+    histories = _histories(final, speed, {k: 0.0 for k in final}, epochs=25)
+    spike = (histories.activation == "relu") & (histories.channels == 16) & (histories.epoch == 25)
+    histories.loc[spike, ["val_loss", "val_nrmse"]] = [5.0, 500.0]
+    nrmse = {k: 40.0 for k in final}
+    metrics = pd.concat([_metrics(nrmse, {k: 0.6 for k in final}, 25), _metrics(nrmse, {k: 0.5 for k in final}, 5)])
+    claims = evaluate_claims(histories, metrics, 5, 25).set_index("id")
+    assert claims.loc["C3", "verdict"] == NOT_REPRODUCED and "= 1.00" in claims.loc["C3", "evidence"]
+    assert "≤ 44.0 %" in claims.loc["C2", "evidence"]
+
+
 def test_epochs_to_reach():
     curve = pd.Series([90.0, 70.0, 50.0, 55.0], index=[1, 2, 3, 4])
     assert epochs_to_reach(curve, 60) == 3
