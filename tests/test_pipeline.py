@@ -67,14 +67,37 @@ def _copy_project(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
+def _gpu_overlaps(log: str) -> list[str]:
+    """Lines of run_all.sh output where a variant started on a GPU that another running variant held."""
+    holder, overlaps = {}, []
+    for line in log.splitlines():
+        if match := re.search(r"train (\S+ seed \d+): started on GPU (\d+)", line):
+            name, gpu = match.groups()
+            if gpu in holder.values():
+                overlaps.append(line)
+            holder[name] = gpu
+        elif match := re.search(r"train (\S+ seed \d+): (done|failed)", line):
+            holder.pop(match.group(1), None)
+    return overlaps
+
+
+@pytest.mark.slow
 def test_run_all_smoke_end_to_end(tmp_path):
-    """./run_all.sh --profile smoke writes the report, four figures and the metric CSV; a second run skips all."""
+    """./run_all.sh --profile smoke --jobs 2 writes the report, four figures and the metric CSV, never puts two
+    running variants on one GPU (two GPUs faked by an nvidia-smi stub); a second run skips everything."""
     project = _copy_project(tmp_path)
-    env = {**os.environ, "QSMREP_VENV": str(Path(sys.executable).resolve().parents[1])}
+    stub = tmp_path / "bin" / "nvidia-smi"
+    stub.parent.mkdir()
+    stub.write_text('#!/bin/sh\necho "GPU 0: stub (UUID: GPU-0)"\necho "GPU 1: stub (UUID: GPU-1)"\n')
+    stub.chmod(0o755)
+    env = {**os.environ, "QSMREP_VENV": str(Path(sys.executable).resolve().parents[1]),
+           "PATH": f"{stub.parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MPLBACKEND", None)
-    first = subprocess.run(["bash", "run_all.sh", "--profile", "smoke"], cwd=project, env=env,
+    first = subprocess.run(["bash", "run_all.sh", "--profile", "smoke", "--jobs", "2"], cwd=project, env=env,
                            capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert len(re.findall(r"started on GPU [01]", first.stdout)) == 6
+    assert not _gpu_overlaps(first.stdout)
     results, figures = project / "results" / "smoke", project / "figures" / "smoke"
     for n in (1, 2, 3, 4):
         assert list(figures.glob(f"fig{n}_*.png")) and list(figures.glob(f"fig{n}_*.svg")), f"figure {n} missing"
@@ -96,6 +119,15 @@ def test_run_all_smoke_end_to_end(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert time.monotonic() - started < 60
     assert "0 to do" in second.stdout and "papermill" not in second.stderr.lower()
+
+
+def test_gpu_overlap_detector():
+    ok = "train a seed 0: started on GPU 0\ntrain b seed 0: started on GPU 1\ntrain a seed 0: done in 1 s\n" \
+         "train c seed 0: started on GPU 0"
+    assert _gpu_overlaps(ok) == []
+    clash = "train a seed 0: started on GPU 0\ntrain b seed 0: started on GPU 1\ntrain b seed 0: done in 1 s\n" \
+            "train c seed 0: started on GPU 0"
+    assert _gpu_overlaps(clash) == ["train c seed 0: started on GPU 0"]
 
 
 def test_run_all_rejects_bad_options():
