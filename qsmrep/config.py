@@ -1,23 +1,27 @@
-"""One typed configuration for a training/evaluation run, three named profiles, validation.
+"""One typed configuration for a training/evaluation run, four named profiles, validation.
 
 Profiles (see DESIGN.md):
 
 * ``paper``: the paper exactly: 320³ maps, four 160³ patches per iteration, 1000/100 train/val
   maps, 100 epochs of 250 iterations, AdamW (lr 1e-3, weight decay 0.01), early checkpoint at
   epoch 20, λ = 1.
+* ``gpu``: the six variants, evaluation and report in minutes of one H100-class GPU: 128³ maps,
+  four 64³ patches, 2000 iterations (5× the ``cpu`` profile's, on 8× larger patches).
 * ``cpu``: the same experiment scaled to a 2-core CPU: lengths scale with map size from 320
   (64³ maps, 32³ patches, borders, shapes and smoothing ×0.2), the 20 % early checkpoint is kept,
   counts (maps, epochs, iterations) shrink to fit the time budget.
 * ``smoke``: tiny, for tests and CI.
 
-Every field can be overridden (``Config.from_profile("cpu", epochs=10)``, ``--set epochs=10`` on
-the command line, or notebook parameters) and the whole object round-trips through JSON/YAML.
+Every field can be overridden (``Config.from_profile("cpu", epochs=10)``, ``--set epochs=10`` or
+``--set synth.n_spheres=40`` on the command line, or notebook parameters) and the whole object,
+generator settings included, round-trips through JSON/YAML. ``auto`` values (device, precision,
+memory format, compile, data device) are resolved for a machine by :func:`qsmrep.runtime.resolve`;
+a run folder stores the resolved configuration.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +29,9 @@ from typing import Any
 
 import yaml
 
-PRECISIONS = ("fp32", "bf16")
-NORMS = ("l1", "mse")
-FIELD_TARGETS = ("label", "input")
-NONFINITE_POLICIES = ("stop", "skip")
-DEVICES = ("auto", "cpu", "cuda")
-MIN_MAP_SIZE = 16
+from qsmrep import registry
+from qsmrep.registry import check_choice, did_you_mean
+from qsmrep.synth import MIN_SIZE, SynthSettings
 
 
 @dataclass(frozen=True)
@@ -44,16 +45,20 @@ class Config:
     n_val: int = 8  # validation maps, evaluated after every epoch (paper: 100)
     n_test: int = 8  # test maps, a split disjoint from train and validation (paper: not stated)
     data_seed: int = 2023  # seed of the map generator; map i of a split depends on (data_seed, split, i) only
-    cache_maps: bool = True  # keep generated maps in memory (small profiles); False = regenerate on the fly
-    num_workers: int = 0  # DataLoader worker processes that generate maps ahead (0 = in the main process)
+    synth: SynthSettings = field(default_factory=SynthSettings)  # shape counts, sizes, smoothing, border, overlap
+    cache_maps: bool = True  # render every map once and keep it (on the data device); False = render per batch
+    num_workers: int = 0  # CPU DataLoader workers rendering maps ahead (data_device cpu, cache_maps false)
+    data_device: str = "auto"  # where maps are rendered: auto (the training device) | cpu | cuda
+    # --- geometry (qsmrep.physics.DipolePhysics) ---
     voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)  # mm; isotropic (paper: not stated)
     b0_dir: tuple[float, float, float] = (0.0, 0.0, 1.0)  # B0 along the last axis
+    field_pad: int = 0  # zero-padding voxels per face of the dipole FFT (maps have zero borders)
     # --- model (qsmrep.unet) ---
-    activation: str = "elu"  # relu | leaky_relu | elu | gelu | silu | prelu | mish
+    activation: str = "elu"  # a name of qsmrep.unet.ACTIVATIONS (the paper's three: qsmrep.registry.PAPER_ACTIVATIONS)
     activation_params: dict = field(default_factory=dict)  # e.g. {"negative_slope": 0.2}; {} = registry defaults
     initial_channels: int = 16  # channels of the first level, doubled per level (paper: 16 or 32)
     depth: int = 5  # levels of the U-Net (paper: five)
-    norm: str = "batch"  # normalisation after each convolution: batch (Çiçek 2016 3D U-Net) | none | instance | group
+    norm: str = registry.DEFAULT_ARM  # the arm: none (standard U-Net, Ronneberger 2015) | batch (Çiçek 2016) | instance | group
     init: str = "he"  # weight initialisation: he (Kaiming-normal, as Ronneberger 2015 prescribes) | default (PyTorch's)
     # --- optimisation ---
     patch_size: int = 32  # edge of the random cubic training patches (paper: 160)
@@ -63,6 +68,7 @@ class Config:
     early_epoch: int = 0  # epoch of the "early" checkpoint; 0 = 20 % of the budget, as the paper's 20/100
     lr: float = 1e-3  # AdamW learning rate (paper)
     weight_decay: float = 0.01  # AdamW decoupled weight decay (paper)
+    grad_clip: float = 0.0  # clip the gradient's global L2 norm to this value; 0 = off (paper: not stated)
     lam: float = 1.0  # λ, weight of the field-consistency term (paper)
     chi_norm: str = "l1"  # norm of the susceptibility term: l1 (mean |·|) or mse
     field_norm: str = "l1"  # norm of the field term
@@ -70,10 +76,10 @@ class Config:
     seed: int = 0  # training seed: initialisation, map order and patch positions
     # --- execution ---
     device: str = "auto"  # auto (CUDA if present, else CPU) | cpu | cuda
-    precision: str = "fp32"  # fp32 | bf16 (autocast for the network; loss and FFTs stay fp32)
-    channels_last: bool = False  # channels-last-3d memory format for the network
-    nonfinite: str = "stop"  # on a NaN/Inf loss or gradient: stop (keep last good checkpoint) | skip the step
-    val_batch_size: int = 1  # full validation maps per forward pass
+    precision: str = "auto"  # auto (bf16 where the hardware has native bf16, else fp32) | fp32 | bf16 (autocast; loss and FFTs stay fp32)
+    memory_format: str = "auto"  # auto (channels_last with bf16) | contiguous | channels_last (channels-last-3d)
+    compile: str = "auto"  # torch.compile the training step: auto (off until measured to pay) | off | on
+    nonfinite: str = "stop"  # on a NaN/Inf loss or gradient: stop (the run is a diverged result) | skip the step
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -89,7 +95,12 @@ class Config:
     @property
     def variant(self) -> str:
         """Short name of the model variant, e.g. ``elu16``."""
-        return f"{self.activation}{self.initial_channels}"
+        return registry.variant_name(self.activation, self.initial_channels)
+
+    @property
+    def arm(self) -> str:
+        """The study arm this run belongs to: its normalisation (see :data:`qsmrep.registry.ARMS`)."""
+        return self.norm
 
     def model_kwargs(self) -> dict:
         """Arguments of :class:`qsmrep.unet.UNet3D` (the architecture part of the config)."""
@@ -101,18 +112,25 @@ class Config:
             init=self.init,
         )
 
+    def data_identity(self) -> dict:
+        """The fields that decide which validation and test maps a run sees (two runs with equal
+        identities are evaluated on the same maps)."""
+        data = self.to_dict()
+        return {name: data[name] for name in DATA_FIELDS}
+
     # ------------------------------------------------------------------ construction
     def __post_init__(self) -> None:
         object.__setattr__(self, "voxel_size", tuple(float(v) for v in self.voxel_size))
         object.__setattr__(self, "b0_dir", tuple(float(v) for v in self.b0_dir))
         object.__setattr__(self, "activation_params", dict(self.activation_params or {}))
+        object.__setattr__(self, "synth", _synth_settings(self.synth))
         self.validate()
 
     @classmethod
     def from_profile(cls, profile: str = "cpu", **overrides: Any) -> "Config":
         """The named preset with ``overrides`` applied (ValueError on unknown names)."""
         if profile not in PROFILES:
-            raise ValueError(f"profile: unknown profile {profile!r}; choose one of {sorted(PROFILES)}{_did_you_mean(profile, PROFILES)}")
+            raise ValueError(f"profile: unknown profile {profile!r}; choose one of {sorted(PROFILES)}{did_you_mean(profile, PROFILES)}")
         values = dict(PROFILES[profile])
         values["profile"] = profile
         values.update(_coerce_overrides(overrides))
@@ -126,6 +144,7 @@ class Config:
         data = dataclasses.asdict(self)
         data["voxel_size"] = list(self.voxel_size)
         data["b0_dir"] = list(self.b0_dir)
+        data["synth"] = {k: list(v) if isinstance(v, tuple) else v for k, v in data["synth"].items()}
         return data
 
     @classmethod
@@ -152,8 +171,8 @@ class Config:
         """Raise ValueError naming the first field that is out of range."""
         from qsmrep.unet import check_activation  # late import: unet imports nothing from here
 
-        _positive_int(self, "map_size", "n_train", "n_val", "n_test", "initial_channels", "patch_size", "batch_size", "val_batch_size")
-        _nonnegative_int(self, "epochs", "iters_per_epoch", "early_epoch", "num_workers", "data_seed", "seed")
+        _positive_int(self, "map_size", "n_train", "n_val", "n_test", "initial_channels", "patch_size", "batch_size")
+        _nonnegative_int(self, "epochs", "iters_per_epoch", "early_epoch", "num_workers", "data_seed", "seed", "field_pad")
         if not isinstance(self.depth, int) or not 1 <= self.depth <= 7:
             raise ValueError(f"depth: must be an integer in 1..7, got {self.depth!r}")
         if self.patch_size > self.map_size:
@@ -167,34 +186,41 @@ class Config:
             raise ValueError(f"epochs: must be ≥ 1, got {self.epochs}")
         if self.early_epoch > self.epochs:
             raise ValueError(f"early_epoch: {self.early_epoch} is after the last epoch {self.epochs}; must be in 0..{self.epochs}")
-        for name in ("lr", "weight_decay", "lam"):
+        for name in ("lr", "weight_decay", "lam", "grad_clip"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value != value or value < 0 or value == float("inf"):
                 raise ValueError(f"{name}: must be a finite number ≥ 0, got {value!r}")
         if self.lr <= 0:
             raise ValueError(f"lr: must be > 0, got {self.lr}")
-        _choice(self, "precision", PRECISIONS)
-        _choice(self, "chi_norm", NORMS)
-        _choice(self, "field_norm", NORMS)
-        _choice(self, "field_target", FIELD_TARGETS)
-        _choice(self, "nonfinite", NONFINITE_POLICIES)
-        _choice(self, "device", DEVICES)
-        _choice(self, "norm", ("none", "batch", "instance", "group"))
-        _choice(self, "init", ("default", "he"))
+        for name, options in (("precision", registry.PRECISIONS), ("memory_format", registry.MEMORY_FORMATS),
+                              ("chi_norm", registry.LOSS_NORMS), ("field_norm", registry.LOSS_NORMS),
+                              ("field_target", registry.FIELD_TARGETS), ("nonfinite", registry.NONFINITE_POLICIES),
+                              ("device", registry.DEVICES), ("data_device", registry.DEVICES), ("norm", registry.NORMS),
+                              ("init", registry.INITS), ("compile", registry.COMPILE_MODES)):
+            check_choice(name, getattr(self, name), options)
         if len(self.voxel_size) != 3 or not all(v > 0 and v != float("inf") for v in self.voxel_size):
             raise ValueError(f"voxel_size: must be three finite numbers > 0, got {self.voxel_size}")
         if len(self.b0_dir) != 3 or not any(self.b0_dir) or not all(abs(v) != float("inf") and v == v for v in self.b0_dir):
             raise ValueError(f"b0_dir: must be three finite numbers, not all zero, got {self.b0_dir}")
         check_activation(self.activation, self.activation_params)
-        if self.map_size < MIN_MAP_SIZE:
-            raise ValueError(f"map_size: {self.map_size} is too small; the zero-border rule (40/320 of the size per face) needs ≥ {MIN_MAP_SIZE}")
+        if self.map_size < MIN_SIZE:
+            raise ValueError(f"map_size: {self.map_size} is too small; the zero-border rule (40/320 of the size per face) needs ≥ {MIN_SIZE}")
 
+
+#: fields that decide the validation and test maps (see :meth:`Config.data_identity`)
+DATA_FIELDS = ("map_size", "n_test", "data_seed", "synth", "voxel_size", "b0_dir", "field_pad")
+#: fields that do not change the numbers a run produces; a resumed run may differ in them
+EXECUTION_FIELDS = ("profile", "num_workers", "cache_maps", "compile")
 
 # Scaling rule: lengths scale with map_size / 320, the 20/100 early ratio is kept, counts shrink.
 PROFILES: dict[str, dict[str, Any]] = {
     "paper": dict(
         map_size=320, patch_size=160, batch_size=4, n_train=1000, n_val=100, n_test=20,
         epochs=100, iters_per_epoch=250, early_epoch=20, cache_maps=False, num_workers=6,
+    ),
+    "gpu": dict(
+        map_size=128, patch_size=64, batch_size=4, n_train=256, n_val=16, n_test=16,
+        epochs=25, iters_per_epoch=80, early_epoch=5, cache_maps=True, num_workers=0,
     ),
     "cpu": dict(
         map_size=64, patch_size=32, batch_size=4, n_train=64, n_val=8, n_test=8,
@@ -205,17 +231,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         epochs=10, iters_per_epoch=4, early_epoch=2, cache_maps=True, num_workers=0,
     ),
 }
-
-
-def _did_you_mean(value: str, options) -> str:
-    close = difflib.get_close_matches(str(value), list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _choice(cfg: Config, name: str, options) -> None:
-    value = getattr(cfg, name)
-    if value not in options:
-        raise ValueError(f"{name}: {value!r} is not one of {list(options)}{_did_you_mean(value, options)}")
+assert tuple(sorted(PROFILES)) == tuple(sorted(registry.PROFILE_NAMES))
 
 
 def _positive_int(cfg: Config, *names: str) -> None:
@@ -232,16 +248,48 @@ def _nonnegative_int(cfg: Config, *names: str) -> None:
             raise ValueError(f"{name}: must be an integer ≥ 0, got {value!r}")
 
 
+def _synth_settings(value: Any) -> SynthSettings:
+    """A :class:`SynthSettings` from itself, a (partial) mapping over the defaults, or a YAML mapping string."""
+    if isinstance(value, SynthSettings):
+        return value
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError(f"synth: cannot parse {value!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"synth: expected a mapping like {{n_spheres: 40}}, got {value!r}")
+    names = {f.name for f in dataclasses.fields(SynthSettings)}
+    unknown = sorted(set(value) - names)
+    if unknown:
+        raise ValueError(f"synth.{unknown[0]}: not a generator setting{did_you_mean(unknown[0], names)}; settings are {sorted(names)}")
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+    try:
+        return dataclasses.replace(SynthSettings(), **given)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"synth: {err}") from None
+
+
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
 def _coerce_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-    """Check override names and convert strings (from the CLI or papermill) to the field's type."""
-    out = {}
+    """Check override names and convert strings (from the CLI or papermill) to the field's type.
+
+    ``synth.NAME`` keys set one generator setting; they merge into ``synth`` (given or default)."""
+    out: dict[str, Any] = {}
+    synth_parts: dict[str, Any] = {}
     for name, value in overrides.items():
+        if name.startswith("synth."):
+            part = name.split(".", 1)[1]
+            synth_parts[part] = yaml.safe_load(value) if isinstance(value, str) else value
+            continue
         if name not in _FIELDS:
-            raise ValueError(f"{name}: not a config field{_did_you_mean(name, _FIELDS)}; fields are {sorted(_FIELDS)}")
-        out[name] = _coerce(name, value)
+            raise ValueError(f"{name}: not a config field{did_you_mean(name, _FIELDS)}; fields are {sorted(_FIELDS)}")
+        out[name] = _synth_settings(value) if name == "synth" else _coerce(name, value)
+    if synth_parts:
+        base = out.get("synth", SynthSettings())
+        out["synth"] = _synth_settings({**dataclasses.asdict(base), **synth_parts})
     return out
 
 
@@ -284,7 +332,7 @@ def _coerce(name: str, value: Any) -> Any:
 
 
 def parse_assignments(items: list[str]) -> dict[str, Any]:
-    """``["epochs=10", "lr=1e-4"]`` → ``{"epochs": 10, "lr": 0.0001}`` (typed by the field)."""
+    """``["epochs=10", "lr=1e-4", "synth.n_spheres=40"]`` → typed overrides (``synth`` merged)."""
     out = {}
     for item in items:
         if "=" not in item:

@@ -8,11 +8,13 @@ four copies of the weights. The result is an estimate (±30 %), labelled so wher
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import torch
 
+from qsmrep import registry
 from qsmrep.config import Config
 from qsmrep.unet import UNet3D, count_parameters
 
@@ -35,7 +37,7 @@ def training_memory_bytes(config: Config, probe_size: int | None = None) -> int:
     for handle in handles:
         handle.remove()
     scale = config.batch_size * (config.patch_size / probe) ** 3
-    bytes_per_value = 2 if config.precision == "bf16" else 4
+    bytes_per_value = 4 if config.precision == "fp32" else 2  # auto is bf16 on a GPU
     return int(elements * scale * bytes_per_value + 4 * 4 * count_parameters(model))
 
 
@@ -45,20 +47,46 @@ def checkpoint_bytes(config: Config) -> int:
     return params * 4 * (3 + 2)
 
 
-def estimate(profile: str, out: str | Path = "results", variants=((a, c) for c in (16, 32) for a in ("relu", "leaky_relu", "elu")),
-             seeds: int = 1) -> tuple[list[str], list[str]]:
-    """(report lines, problems) for training every variant of ``profile``; problems block the run."""
+def measured_memory_gib(config: Config, bench_dir: str | Path | None = None) -> tuple[float, str] | None:
+    """Peak GPU memory of ``config``'s training step from committed benchmark rows, with the card's name.
+
+    Reads ``results/bench/*.jsonl`` (rows of ``python -m qsmrep bench --json`` measured on a GPU): the
+    ``train_step`` row of the same variant, patch, batch and precision (auto = bf16 with channels-last).
+    None where nothing was measured."""
+    from qsmrep.results import project_root
+
+    folder = Path(bench_dir) if bench_dir else project_root() / "results" / "bench"
+    precision = "bf16" if config.precision == "auto" else config.precision
+    best = None
+    for path in sorted(folder.glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            row = json.loads(line) if line.strip() else {}
+            if (row.get("case") == "train_step" and str(row.get("device", "")).startswith("cuda")
+                    and row.get("variant") == config.variant and row.get("patch") == config.patch_size
+                    and row.get("batch") == config.batch_size and row.get("precision") == precision
+                    and row.get("norm", registry.DEFAULT_ARM) == config.norm and row.get("peak_mem_mb")):
+                best = (row["peak_mem_mb"] / 1024, row.get("card", "GPU"))
+    return best
+
+
+def estimate(profile: str, out: str | Path = "results", variants=registry.PAPER_VARIANTS, seeds: int = 1,
+             arms=(registry.DEFAULT_ARM,)) -> tuple[list[str], list[str]]:
+    """(report lines, problems) for training every variant of ``profile``; problems block the run.
+
+    Memory per training step is the GPU measurement where one is committed, else the activation-count estimate."""
     lines, problems = [], []
-    variants = list(variants)
     disk_needed = 0
     worst_memory = 0
-    for activation, channels in variants:
-        config = Config.from_profile(profile, activation=activation, initial_channels=channels)
-        memory = training_memory_bytes(config)
-        worst_memory = max(worst_memory, memory)
-        disk_needed += checkpoint_bytes(config) * seeds
-        lines.append(f"{config.variant}: ~{memory / GIB:.1f} GiB per training step (estimate), "
-                     f"{count_parameters(UNet3D(**config.model_kwargs())) / 1e6:.1f} M parameters")
+    for arm in arms:
+        for activation, channels in variants:
+            config = Config.from_profile(profile, activation=activation, initial_channels=channels, norm=arm)
+            measured = measured_memory_gib(config)
+            memory = measured[0] * GIB if measured else training_memory_bytes(config)
+            worst_memory = max(worst_memory, memory)
+            disk_needed += checkpoint_bytes(config) * seeds
+            how = f"measured on {measured[1]}" if measured else "estimate"
+            lines.append(f"{config.variant} ({arm}): ~{memory / GIB:.1f} GiB per training step ({how}), "
+                         f"{count_parameters(UNet3D(**config.model_kwargs())) / 1e6:.1f} M parameters")
     base = Path(out)
     base.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(base).free

@@ -11,11 +11,15 @@ import pandas as pd
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
+from qsmrep import registry
+
 ACTIVATION_STYLE = {  # colour per activation, line style per width
     "elu": "#1b9e77", "leaky_relu": "#d95f02", "relu": "#7570b3",
     "gelu": "#e7298a", "silu": "#66a61e", "prelu": "#e6ab02", "mish": "#a6761d",
 }
-WIDTH_STYLE = {16: "-", 32: "--"}
+WIDTH_STYLE = dict(zip(registry.PAPER_CHANNELS, ("-", "--")))
+ARM_LABEL = {"none": "standard U-Net (no normalisation)", "batch": "batch normalisation",
+             "instance": "instance normalisation", "group": "group normalisation"}
 ACTIVATION_LABEL = {"elu": "ELU", "leaky_relu": "leaky ReLU", "relu": "ReLU", "gelu": "GELU", "silu": "SiLU",
                     "prelu": "PReLU", "mish": "Mish"}
 
@@ -35,9 +39,8 @@ def plot_activations(leaky_slope: float = 0.2, elu_alpha: float = 1.0) -> Figure
                 rf"ELU: $f(x)=x$ if $x>0$, else ${elu_alpha:g}\,(e^{{x}}-1)$"),
     }
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for name, (y, label) in curves.items():
-        ax.plot(x, y, color=ACTIVATION_STYLE[name], lw=2.2 if name == "relu" else 1.8,
-                ls={"relu": "-", "leaky_relu": "--", "elu": "-."}[name], label=label)
+    for (name, (y, label)), ls in zip(curves.items(), ("-", "--", "-.")):
+        ax.plot(x, y, color=ACTIVATION_STYLE[name], lw=2.2 if name == "relu" else 1.8, ls=ls, label=label)
     ax.axhline(0, color="0.6", lw=0.8)
     ax.axvline(0, color="0.6", lw=0.8)
     ax.set(xlabel="x", ylabel="f(x)", title="Figure 1: activation functions (identical for x > 0)", ylim=(-1.5, 3.1))
@@ -56,22 +59,40 @@ def _band(ax, frame: pd.DataFrame, column: str, color: str, ls: str, label: str)
         ax.fill_between(mean.index, (mean - sd).values, (mean + sd).values, color=color, alpha=0.18, lw=0)
 
 
-def plot_convergence(histories: pd.DataFrame, early_epoch: int | None = None, lam: float = 1.0) -> Figure:
+def loss_text(lam: float = 1.0, chi_norm: str = "l1", field_norm: str = "l1", b0_axis: str = "k_z",
+              field_target: str = "label") -> tuple[str, str, str]:
+    """Mathtext of the loss with the configured norms and field target, the dipole kernel along B0, and a note."""
+    from qsmrep.loss import NORM_SYMBOLS
+
+    chi_term = NORM_SYMBOLS[chi_norm].format(r"\hat\chi-\chi")
+    target = r"d\ast\chi" if field_target == "label" else "B"
+    field_term = NORM_SYMBOLS[field_norm].format(r"d\ast\hat\chi-" + target)
+    axis = b0_axis.replace("k_", "k_{") + "}" if b0_axis.startswith("k_") else r"k\cdot\hat{b}"
+    names = {"l1": "mean absolute error (L1)", "mse": "mean squared error (L2²)"}
+    note = (f"χ term: {names[chi_norm]}; field term: {names[field_norm]}; the paper's norms are not stated in its text")
+    return (rf"$\mathcal{{L}}={chi_term}+\lambda\,{field_term}$",
+            rf"$\lambda={lam:g}$;  $d\ast\cdot$: dipole convolution, $D(k)=\frac{{1}}{{3}}-\frac{{{axis}^2}}{{|k|^2}}$",
+            note)
+
+
+def plot_convergence(histories: pd.DataFrame, early_epoch: int | None = None, lam: float = 1.0, chi_norm: str = "l1",
+                     field_norm: str = "l1", b0_axis: str = "k_z", field_target: str = "label", title: str = "") -> Figure:
     """Figure 2: (A) training loss, (B) validation loss, (C) validation mean NRMSE against epoch, (D) the loss.
 
-    ``histories`` has the columns of ``history.csv`` plus ``activation``, ``channels`` and ``seed``;
-    several seeds of a variant are drawn as mean ± sd bands.
+    ``histories``: history.csv rows plus ``activation``, ``channels`` and ``seed``;
+    several seeds of a variant are drawn as mean ± sd bands. Panel D writes the loss with the run's
+    norms, λ, field target and B0 axis (``b0_axis`` from :attr:`qsmrep.physics.DipolePhysics.b0_axis_name`).
     """
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     panels = [("train_loss", "A  training loss", "loss"), ("val_loss", "B  validation loss", "loss"),
               ("val_nrmse", "C  validation mean NRMSE", "NRMSE (%)")]
-    for ax, (column, title, ylabel) in zip(axes.flat, panels):
+    for ax, (column, title_, ylabel) in zip(axes.flat, panels):
         for (activation, channels), frame in histories.groupby(["activation", "channels"], sort=False):
             _band(ax, frame, column, ACTIVATION_STYLE.get(activation, "k"), WIDTH_STYLE.get(channels, ":"),
                   variant_label(activation, channels))
         if early_epoch:
             ax.axvline(early_epoch, color="0.5", lw=0.8, ls=":")
-        ax.set(title=title, xlabel="epoch", ylabel=ylabel)
+        ax.set(title=title_, xlabel="epoch", ylabel=ylabel)
         if column != "val_nrmse":
             ax.set_yscale("log")
         ax.grid(alpha=0.25)
@@ -79,13 +100,11 @@ def plot_convergence(histories: pd.DataFrame, early_epoch: int | None = None, la
     ax = axes[1, 1]
     ax.axis("off")
     ax.set_title("D  loss function", loc="left")
-    ax.text(0.02, 0.62, r"$\mathcal{L}=\left\Vert\hat\chi-\chi\right\Vert_1+\lambda\,"
-                        r"\left\Vert d_z\ast\hat\chi-d_z\ast\chi\right\Vert_1$", fontsize=15, transform=ax.transAxes)
-    ax.text(0.02, 0.38, rf"$\lambda={lam:g}$;  $d_z\ast\cdot$: dipole convolution, "
-                        r"$D(k)=\frac{1}{3}-\frac{k_z^2}{|k|^2}$", fontsize=11, transform=ax.transAxes)
-    ax.text(0.02, 0.18, "norms: mean absolute error (L1); paper's norms not stated in its text",
-            fontsize=9, color="0.35", transform=ax.transAxes)
-    fig.suptitle("Figure 2: convergence of the six models (dotted line: early checkpoint)")
+    formula, kernel, note = loss_text(lam, chi_norm, field_norm, b0_axis, field_target)
+    ax.text(0.02, 0.62, formula, fontsize=15, transform=ax.transAxes)
+    ax.text(0.02, 0.38, kernel, fontsize=11, transform=ax.transAxes)
+    ax.text(0.02, 0.18, note, fontsize=8, color="0.35", transform=ax.transAxes, wrap=True)
+    fig.suptitle(title or "Figure 2: convergence of the six models (dotted line: early checkpoint)")
     fig.tight_layout()
     return fig
 
@@ -134,13 +153,13 @@ def plot_reconstructions(truth: np.ndarray, preds: dict[str, np.ndarray], metric
     return fig
 
 
-def plot_dead_units(histories: pd.DataFrame) -> Figure:
+def plot_dead_units(histories: pd.DataFrame, title: str = "") -> Figure:
     """Fraction of dead channels (never positive on a fixed validation map) against epoch, per variant."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for (activation, channels), frame in histories.groupby(["activation", "channels"], sort=False):
         _band(ax, frame, "dead_fraction", ACTIVATION_STYLE.get(activation, "k"), WIDTH_STYLE.get(channels, ":"),
               variant_label(activation, channels))
-    ax.set(xlabel="epoch", ylabel="dead channels (fraction)", title="Dead units: channels never positive on a validation map")
+    ax.set(xlabel="epoch", ylabel="dead channels (fraction)", title="Dead units: channels never positive on a validation map" + (f"\n{title}" if title else ""))
     ax.grid(alpha=0.25)
     ax.legend(fontsize=8, frameon=False, ncol=2)
     fig.tight_layout()

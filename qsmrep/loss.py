@@ -18,44 +18,50 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from qsmrep.physics import forward_field
+from qsmrep import registry
+from qsmrep.physics import DipolePhysics
 
-_NORMS = {
+NORMS = {
     "l1": lambda a, b: (a - b).abs().mean(),
     "mse": lambda a, b: (a - b).square().mean(),
 }
+NORM_SYMBOLS = {"l1": r"\Vert {}\Vert_1", "mse": r"\Vert {}\Vert_2^2"}  # mathtext of each norm, for Figure 2D
+assert tuple(NORMS) == registry.LOSS_NORMS
 
 
 class PhysicsInformedLoss(nn.Module):
-    """χ similarity plus λ × field consistency; see the module docstring for the formula."""
+    """χ similarity plus λ × field consistency; see the module docstring for the formula.
+
+    ``physics`` is the geometry (:class:`qsmrep.physics.DipolePhysics`) of the dipole model D.
+    """
 
     def __init__(self, lam: float = 1.0, chi_norm: str = "l1", field_norm: str = "l1", field_target: str = "label",
-                 voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0)):
+                 physics: DipolePhysics | None = None):
         super().__init__()
-        for name, value in (("chi_norm", chi_norm), ("field_norm", field_norm)):
-            if value not in _NORMS:
-                raise ValueError(f"{name}: {value!r} is not one of {list(_NORMS)}")
-        if field_target not in ("label", "input"):
-            raise ValueError(f"field_target: {field_target!r} is not one of ['label', 'input']")
+        registry.check_choice("chi_norm", chi_norm, registry.LOSS_NORMS)
+        registry.check_choice("field_norm", field_norm, registry.LOSS_NORMS)
+        registry.check_choice("field_target", field_target, registry.FIELD_TARGETS)
         if not lam >= 0:
             raise ValueError(f"lam: must be ≥ 0, got {lam}")
         self.lam = float(lam)
         self.chi_norm, self.field_norm, self.field_target = chi_norm, field_norm, field_target
-        self.voxel_size, self.b0_dir = tuple(voxel_size), tuple(b0_dir)
+        self.physics = physics or DipolePhysics()
 
     def components(self, pred: torch.Tensor, chi: torch.Tensor, field: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"chi": ‖χ̂ − χ‖, "field": ‖D∗χ̂ − B‖, "total": chi + λ·field}`` as 0-d float32 tensors."""
         if pred.shape != chi.shape or chi.shape != field.shape:
             raise ValueError(f"loss: shapes differ: pred {tuple(pred.shape)}, chi {tuple(chi.shape)}, field {tuple(field.shape)}")
         pred, chi, field = pred.float(), chi.float(), field.float()
-        chi_term = _NORMS[self.chi_norm](pred, chi)
-        target = forward_field(chi, self.voxel_size, self.b0_dir) if self.field_target == "label" else field
-        field_term = _NORMS[self.field_norm](forward_field(pred, self.voxel_size, self.b0_dir), target)
+        chi_term = NORMS[self.chi_norm](pred, chi)
+        target = self.physics.A(chi) if self.field_target == "label" else field
+        field_term = NORMS[self.field_norm](self.physics.A(pred), target)
         return {"chi": chi_term, "field": field_term, "total": chi_term + self.lam * field_term}
 
     def forward(self, pred: torch.Tensor, chi: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
         return self.components(pred, chi, field)["total"]
 
     @classmethod
-    def from_config(cls, config) -> "PhysicsInformedLoss":
-        return cls(config.lam, config.chi_norm, config.field_norm, config.field_target, config.voxel_size, config.b0_dir)
+    def from_config(cls, config, physics: DipolePhysics | None = None) -> "PhysicsInformedLoss":
+        """The loss of ``config`` with its geometry (``physics``, built from the config when not given)."""
+        return cls(config.lam, config.chi_norm, config.field_norm, config.field_target,
+                   physics or DipolePhysics.from_config(config))

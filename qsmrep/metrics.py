@@ -36,7 +36,6 @@ Bad input (shapes differ, not 3D, non-finite values, empty mask, constant refere
 
 from __future__ import annotations
 
-import difflib
 import warnings
 from typing import Callable, Iterable
 
@@ -45,8 +44,11 @@ import pandas as pd
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
+from qsmrep.registry import did_you_mean
+
 __all__ = [
     "nrmse",
+    "nrmse_torch",
     "dnrmse",
     "hfen",
     "ssim",
@@ -169,6 +171,32 @@ def nrmse(pred, ref, mask=None) -> float:
     p, r, m = _prepare(pred, ref, mask)
     p0, r0 = _demean(p, r, m)
     return _rel_err(p0, r0, m)
+
+
+def nrmse_torch(pred, ref, mask):
+    """:func:`nrmse` of a batch on its own device (validation on the GPU, without a copy to the CPU).
+
+    Args:
+        pred, ref: (N, ..., X, Y, Z) float tensors (ppm), any device; computed in float64.
+        mask: bool tensor of the same shape.
+
+    Returns:
+        (N,) float64 tensor of NRMSE in percent: per item, both maps demeaned inside the mask,
+        100 · ‖χ̂ − χ‖₂ / ‖χ‖₂ over the mask voxels.
+    """
+    import torch
+
+    if pred.shape != ref.shape or ref.shape != mask.shape:
+        raise ValueError(f"pred, ref and mask must have the same shape, got {tuple(pred.shape)}, "
+                         f"{tuple(ref.shape)} and {tuple(mask.shape)}")
+    weight = mask.flatten(1).to(torch.float64)
+    count = weight.sum(1, keepdim=True)
+    if bool((count == 0).any()):
+        raise ValueError("mask is empty for at least one item")
+    p, r = pred.flatten(1).to(torch.float64), ref.flatten(1).to(torch.float64)
+    p = (p - (p * weight).sum(1, keepdim=True) / count) * weight
+    r = (r - (r * weight).sum(1, keepdim=True) / count) * weight
+    return 100.0 * torch.linalg.vector_norm(p - r, dim=1) / torch.linalg.vector_norm(r, dim=1)
 
 
 def dnrmse(pred, ref, mask=None) -> float:
@@ -298,9 +326,7 @@ def _check_names(names: Iterable[str]) -> list[str]:
     names = [names] if isinstance(names, str) else list(names)
     for n in names:
         if n not in METRICS:
-            close = difflib.get_close_matches(str(n), list(METRICS), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown metric {n!r} in names (known: {sorted(METRICS)}){hint}")
+            raise ValueError(f"unknown metric {n!r} in names (known: {sorted(METRICS)}){did_you_mean(n, METRICS)}")
     return names
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from qsmrep.physics import forward_field
+from qsmrep.physics import DipolePhysics
 
 # name: (centre (x, y, z), semi-axes, χ in ppm); normalised coordinates, z along B0 (superior)
 STRUCTURES: list[tuple[str, tuple[float, float, float], tuple[float, float, float], float]] = [
@@ -50,10 +50,10 @@ def _inside(x, y, z, centre, axes) -> np.ndarray:
     return ((x - centre[0]) / axes[0]) ** 2 + ((y - centre[1]) / axes[1]) ** 2 + ((z - centre[2]) / axes[2]) ** 2 <= 1
 
 
-def head_phantom(size: int = 64, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0)) -> dict:
+def head_phantom(size: int = 64, physics: DipolePhysics | None = None) -> dict:
     """The phantom on a size³ grid: dict of (size, size, size) tensors ``chi`` (ppm), ``field``
-    (ppm, ΔB/B0) and bool ``mask`` (brain), plus ``labels`` (int16, index into
-    ``["background", *structure names, "vein"]``)."""
+    (ppm, ΔB/B0, by ``physics``, default 1 mm and B0 along the last axis) and bool ``mask`` (brain),
+    plus ``labels`` (int16, index into ``["background", *structure names, "vein"]``)."""
     if not isinstance(size, int) or size < 16:
         raise ValueError(f"size: must be an integer ≥ 16, got {size!r}")
     x, y, z = _grid(size)
@@ -68,7 +68,7 @@ def head_phantom(size: int = 64, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1
     chi[vein], labels[vein] = value, len(STRUCTURES) + 1
     chi[~mask] = 0
     chi_t = torch.from_numpy(chi)
-    return {"chi": chi_t, "field": forward_field(chi_t, voxel_size, b0_dir), "mask": torch.from_numpy(mask),
+    return {"chi": chi_t, "field": (physics or DipolePhysics()).A(chi_t), "mask": torch.from_numpy(mask),
             "labels": torch.from_numpy(labels)}
 
 

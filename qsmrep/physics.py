@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ import torch
 __all__ = [
     "dipole_kernel",
     "forward_field",
-    "DipoleOperator",
+    "DipolePhysics",
     "tkd",
     "tikhonov",
 ]
@@ -265,61 +266,61 @@ def forward_field(
     return _apply_half_kernel(chi, _kernel_for(chi, voxel_size, b0_dir, pad), pad)
 
 
-class DipoleOperator(torch.nn.Module):
-    """The dipole convolution as an operator with ``A`` and ``A_adjoint`` (deepinv style).
+@dataclass(frozen=True)
+class DipolePhysics:
+    """The acquisition geometry and the dipole forward model, built once and handed to the
+    generator, the loss and the baselines (deepinv's ``physics`` object).
 
-    Holds the rfft half-kernel (even part of :func:`dipole_kernel`) for one fixed spatial
-    ``shape`` as a registered buffer, so it follows ``.to(device)``. The operator is real and
-    self-adjoint (D is real and even), so ``A_adjoint`` is ``A``: ⟨Aχ, v⟩ = ⟨χ, Av⟩.
+    ``A`` is :func:`forward_field` with this geometry; the operator is real and self-adjoint (D is
+    real and even), so ``A_adjoint`` is ``A``: ⟨Aχ, v⟩ = ⟨χ, Av⟩. Kernels are cached per shape,
+    device and dtype, so one object serves every map size and device. Frozen and hashable: two
+    objects are equal when they describe the same geometry.
 
     Args:
-        shape: spatial shape (X, Y, Z) of the maps it acts on.
-        voxel_size, b0_dir, pad: as in :func:`forward_field`.
-        dtype: buffer dtype (float32 or float64). Inputs of other dtypes are computed in it
-            and cast back.
+        voxel_size: voxel edge lengths in mm, > 0 (anisotropic allowed; paper: not stated, 1 mm).
+        b0_dir: B0 direction in array coordinates, non-zero (normalised here; default the last axis).
+        pad: zero-padding voxels per face before the FFT, against circular wrap-around (≥ 0).
     """
 
-    half_kernel: torch.Tensor
+    voxel_size: Vec3 = (1.0, 1.0, 1.0)
+    b0_dir: Vec3 = (0.0, 0.0, 1.0)
+    pad: int = 0
 
-    def __init__(
-        self,
-        shape: Sequence[int],
-        voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
-        b0_dir: Sequence[float] = (0.0, 0.0, 1.0),
-        *,
-        pad: int = 0,
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        super().__init__()
-        self.shape = _check_shape(shape)
-        self.voxel_size = _check_voxel_size(voxel_size)
-        self.b0_dir = _check_b0_dir(b0_dir)
-        self.pad = _check_pad(pad)
-        padded = tuple(n + 2 * self.pad for n in self.shape)
-        k = torch.from_numpy(_half_kernel_np(padded, self.voxel_size, self.b0_dir).copy())
-        self.register_buffer("half_kernel", k.to(dtype), persistent=False)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "voxel_size", _check_voxel_size(self.voxel_size))
+        object.__setattr__(self, "b0_dir", _check_b0_dir(self.b0_dir))
+        object.__setattr__(self, "pad", _check_pad(self.pad))
+
+    @classmethod
+    def from_config(cls, config) -> "DipolePhysics":
+        """The geometry of a :class:`qsmrep.config.Config` (``voxel_size``, ``b0_dir``, ``field_pad``)."""
+        return cls(config.voxel_size, config.b0_dir, config.field_pad)
+
+    @property
+    def b0_axis_name(self) -> str:
+        """``"k_z"``-style name of the k-space component along B0, or ``"k·b̂"`` when oblique."""
+        axes = [i for i, v in enumerate(self.b0_dir) if v != 0.0]
+        return f"k_{'xyz'[axes[0]]}" if len(axes) == 1 else "k·b̂"
 
     def A(self, chi: torch.Tensor) -> torch.Tensor:
-        """Field (ppm) of ``chi`` (ppm), shape (..., X, Y, Z) with (X, Y, Z) == ``self.shape``."""
-        chi = _check_volume("chi", chi)
-        if tuple(chi.shape[-3:]) != self.shape:
-            raise ValueError(
-                f"chi spatial shape must be {self.shape}, got {tuple(chi.shape[-3:])}"
-            )
-        return _apply_half_kernel(chi, self.half_kernel, self.pad)
+        """Field (ppm) of ``chi`` (ppm), shape (..., X, Y, Z): :func:`forward_field` with this geometry."""
+        return forward_field(chi, self.voxel_size, self.b0_dir, pad=self.pad)
 
     def A_adjoint(self, field: torch.Tensor) -> torch.Tensor:
         """Adjoint of :meth:`A`; the dipole operator is self-adjoint, so this is ``A``."""
         return self.A(field)
 
-    def forward(self, chi: torch.Tensor) -> torch.Tensor:
-        return self.A(chi)
+    def kernel(self, shape: Sequence[int], *, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+        """:func:`dipole_kernel` of ``shape`` (unpadded) with this geometry."""
+        return dipole_kernel(shape, self.voxel_size, self.b0_dir, dtype=dtype, device=device)
 
-    def extra_repr(self) -> str:
-        return (
-            f"shape={self.shape}, voxel_size={self.voxel_size}, b0_dir={self.b0_dir}, "
-            f"pad={self.pad}"
-        )
+    def tkd(self, field: torch.Tensor, threshold: float = 0.19) -> torch.Tensor:
+        """:func:`tkd` with this geometry."""
+        return tkd(field, threshold, self.voxel_size, self.b0_dir, pad=self.pad)
+
+    def tikhonov(self, field: torch.Tensor, alpha: float = 0.05) -> torch.Tensor:
+        """:func:`tikhonov` with this geometry."""
+        return tikhonov(field, alpha, self.voxel_size, self.b0_dir, pad=self.pad)
 
 
 # --------------------------------------------------------------------------------------------

@@ -90,8 +90,8 @@ def predict_nifti(checkpoint: str | Path, field_path: str | Path, out_path: str 
     """
     import nibabel as nib
 
-    from qsmrep.evaluate import load_model, predict
-    from qsmrep.train import resolve_device
+    from qsmrep.evaluate import inference_precision, load_model, predict
+    from qsmrep.runtime import resolve_device
 
     out_path = Path(out_path)
     if not out_path.name.endswith((".nii", ".nii.gz")):
@@ -124,7 +124,8 @@ def predict_nifti(checkpoint: str | Path, field_path: str | Path, out_path: str 
         warn(f"warning: voxel size {voxel_size} differs from the training voxel size {config.voxel_size}")
     if mask is not None:
         field = np.where(mask, field, 0.0).astype(np.float32)
-    chi = predict(model, torch.from_numpy(np.ascontiguousarray(field, dtype=np.float32)), dev, config.precision).numpy()
+    chi = predict(model, torch.from_numpy(np.ascontiguousarray(field, dtype=np.float32)), dev, inference_precision(config, dev),
+                  config.memory_format).numpy()
     if mask is not None:
         chi = np.where(mask, chi, 0.0).astype(np.float32)
     header = image.header.copy()

@@ -18,12 +18,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from qsmrep import registry
+
 REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE = "reproduced", "not reproduced", "not testable at this scale"
-VARIANTS = [(a, c) for c in (16, 32) for a in ("relu", "leaky_relu", "elu")]
+NOT_TESTABLE_DIVERGED = "not testable: diverged"
+VARIANTS = registry.PAPER_VARIANTS
+SMALL, LARGE = registry.PAPER_CHANNELS
+ACTS = registry.PAPER_ACTIVATIONS
+BEST = registry.RECOMMENDED_ACTIVATION  # the paper's recommendation (ELU)
+GUARD_TOLERANCE = 0.02  # the accuracy guard: fast setting within ±2 % of fp32 (end-level validation NRMSE)
 
 
 def variant_key(activation: str, channels: int) -> str:
-    return f"{activation}{channels}"
+    return registry.variant_name(activation, channels)
 
 
 def _final(histories: pd.DataFrame, column: str) -> pd.Series:
@@ -62,109 +69,161 @@ def epochs_to_reach(curve: pd.Series, threshold: float) -> float:
     return float(hit.index.min()) if len(hit) else float("inf")
 
 
+def divergences(status: pd.DataFrame | None) -> pd.DataFrame:
+    """The diverged rows of a run-status table (arm, activation, channels, seed, diverged_epoch, …)."""
+    if status is None or not len(status) or "status" not in status:
+        return pd.DataFrame(columns=["activation", "channels", "seed", "diverged_epoch"])
+    return status[status.status == "diverged"]
+
+
+def _diverged_text(rows: pd.DataFrame) -> str:
+    return "; ".join(f"{variant_key(r.activation, r.channels)} seed {r.seed} at epoch {int(r.diverged_epoch)}"
+                     + (f" (last finite val NRMSE {r.last_finite_val_nrmse:.1f} %)"
+                        if "last_finite_val_nrmse" in rows and pd.notna(r.last_finite_val_nrmse) else "")
+                     for r in rows.itertuples())
+
+
 def evaluate_claims(histories: pd.DataFrame, metrics: pd.DataFrame, early_epoch: int, final_epoch: int,
-                    costs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per claim: id, claim, evidence (numbers of this run), rule, verdict.
+                    costs: pd.DataFrame | None = None, status: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per claim: id, claim, evidence (numbers of this run), rule, verdict — for one arm.
 
     ``histories``: history.csv rows with activation, channels, seed columns; ``metrics``: per-map
     test metrics with activation, channels, epoch; ``costs``: optional per-variant table with
-    ``params``, ``seconds_per_epoch``, ``peak_mem_mb``.
+    ``params``, ``seconds_per_epoch``, ``peak_mem_mb``; ``status``: optional run-status table
+    (:func:`qsmrep.results.run_status_table`). A claim that needs a model that diverged on any seed
+    (before the checkpoint it needs) is ``not testable: diverged``, naming the run, epoch and last
+    finite validation NRMSE.
     """
     have = {(a, c) for a, c in histories[["activation", "channels"]].drop_duplicates().itertuples(index=False)}
+    diverged = divergences(status)
     rows = []
 
     def add(cid, claim, evidence, rule, verdict):
         rows.append({"id": cid, "claim": claim, "evidence": evidence, "rule": rule, "verdict": verdict})
 
+    def blocked(cid, claim, rule, needed, before: int | None = None) -> bool:
+        hit = diverged[np.array([(a, c) in needed for a, c in zip(diverged.activation, diverged.channels)], dtype=bool)]
+        if before is not None and len(hit):
+            hit = hit[hit.diverged_epoch <= before]
+        if len(hit):
+            add(cid, claim, f"diverged: {_diverged_text(hit)}", rule, NOT_TESTABLE_DIVERGED)
+        return bool(len(hit))
+
     missing = [variant_key(*v) for v in VARIANTS if v not in have]
     if missing:
         add("all", "all claims compare the six variants", f"missing variants: {', '.join(missing)}", "-", NOT_TESTABLE)
         return pd.DataFrame(rows)
+    others = [a for a in ACTS if a != BEST]
 
-    # C1 convergence
-    parts, ok = [], True
-    for a, c in VARIANTS:
-        curve = _curve(histories, a, c, "val_loss")
-        tail = curve.iloc[-max(2, len(curve) // 5):]
-        drop = curve.iloc[-1] / curve.iloc[0]
-        flat = abs(tail.iloc[-1] - tail.iloc[0]) / max(abs(tail.iloc[0]), 1e-12)
-        finite = np.isfinite(curve).all()
-        ok &= bool(finite and drop < 0.5 and flat < 0.15)
-        parts.append(f"{variant_key(a, c)}: end/start {drop:.2f}, change over last 20 % {100 * flat:.0f} %")
-    add("C1", "all six models converge within the budget", "; ".join(parts),
-        "every validation-loss curve ends below 50 % of its first value and changes < 15 % over the last 20 % of epochs",
-        REPRODUCED if ok else NOT_REPRODUCED)
+    claim, rule = ("all six models converge within the budget",
+                   "every validation-loss curve's end level (median over the last 20 % of epochs) is below 50 % of its "
+                   "first value and differs < 15 % from the median of the 20 % of epochs before")
+    if not blocked("C1", claim, rule, VARIANTS):
+        parts, ok = [], True
+        for a, c in VARIANTS:
+            curve = _curve(histories, a, c, "val_loss")
+            window = max(1, len(curve) // 5)
+            end, before = end_level(curve), float(curve.iloc[-2 * window:-window].median()) if len(curve) > window else float("nan")
+            drop = end / curve.iloc[0]
+            moving = abs(end - before) / max(abs(before), 1e-12)
+            ok &= bool(np.isfinite(curve).all() and drop < 0.5 and moving < 0.15)
+            parts.append(f"{variant_key(a, c)}: end level/start {drop:.2f}, change over the last 20 % {100 * moving:.0f} %")
+        add("C1", claim, "; ".join(parts), rule, REPRODUCED if ok else NOT_REPRODUCED)
 
-    # C2 ELU16 early and fastest among 16-channel models
-    finals16 = {a: _end_levels(histories, "val_nrmse")[(a, 16)] for a in ("relu", "leaky_relu", "elu")}
-    threshold = 1.1 * max(finals16.values())
-    reach = {a: epochs_to_reach(_curve(histories, a, 16, "val_nrmse"), threshold) for a in finals16}
-    at_early = {a: _curve(histories, a, 16, "val_nrmse").get(early_epoch, np.nan) for a in finals16}
-    ok = reach["elu"] < min(reach["relu"], reach["leaky_relu"]) and at_early["elu"] < min(at_early["relu"], at_early["leaky_relu"])
-    add("C2", "16-channel ELU reaches low validation loss/NRMSE earlier than the other 16-channel models",
-        f"epochs to val NRMSE ≤ {threshold:.1f} %: " + ", ".join(f"{a} {reach[a]:g}" for a in reach)
-        + f"; val NRMSE at epoch {early_epoch}: " + ", ".join(f"{a} {at_early[a]:.1f} %" for a in at_early),
-        "ELU16 strictly first to reach 1.1 × the worst 16-channel end level (median val NRMSE over the last 20 % of "
-        "epochs), and lowest at the early epoch",
-        REPRODUCED if ok else NOT_REPRODUCED)
+    claim = f"{SMALL}-channel ELU reaches low validation loss/NRMSE earlier than the other {SMALL}-channel models"
+    rule = (f"ELU{SMALL} strictly first to reach 1.1 × the worst {SMALL}-channel end level (median val NRMSE over the last "
+            "20 % of epochs), and lowest at the early epoch")
+    if not blocked("C2", claim, rule, [(a, SMALL) for a in ACTS]):
+        finals = {a: _end_levels(histories, "val_nrmse")[(a, SMALL)] for a in ACTS}
+        threshold = 1.1 * max(finals.values())
+        reach = {a: epochs_to_reach(_curve(histories, a, SMALL, "val_nrmse"), threshold) for a in ACTS}
+        at_early = {a: _curve(histories, a, SMALL, "val_nrmse").get(early_epoch, np.nan) for a in ACTS}
+        ok = reach[BEST] < min(reach[a] for a in others) and at_early[BEST] < min(at_early[a] for a in others)
+        add("C2", claim, f"epochs to val NRMSE ≤ {threshold:.1f} %: " + ", ".join(f"{a} {reach[a]:g}" for a in reach)
+            + f"; val NRMSE at epoch {early_epoch}: " + ", ".join(f"{a} {at_early[a]:.1f} %" for a in at_early),
+            rule, REPRODUCED if ok else NOT_REPRODUCED)
 
-    # C3 ReLU16 / leaky16 end with about twice the validation loss of the others
-    final_loss = _end_levels(histories, "val_loss")
-    weak = np.mean([final_loss[("relu", 16)], final_loss[("leaky_relu", 16)]])
-    others = np.mean([final_loss[("elu", 16)]] + [final_loss[(a, 32)] for a in ("relu", "leaky_relu", "elu")])
-    ratio = weak / others
-    add("C3", "16-channel ReLU and leaky-ReLU models end with about twice the validation loss of the others",
-        f"end-level val loss ratio (ReLU16, leaky16) / (ELU16 and 32-channel models) = {ratio:.2f}",
-        "ratio ≥ 1.5, end level = median over the last 20 % of epochs", REPRODUCED if ratio >= 1.5 else NOT_REPRODUCED)
+    claim = f"{SMALL}-channel ReLU and leaky-ReLU models end with about twice the validation loss of the others"
+    rule = "ratio ≥ 1.5, end level = median over the last 20 % of epochs"
+    if not blocked("C3", claim, rule, VARIANTS):
+        final_loss = _end_levels(histories, "val_loss")
+        weak = np.mean([final_loss[(a, SMALL)] for a in others])
+        rest = np.mean([final_loss[(BEST, SMALL)]] + [final_loss[(a, LARGE)] for a in ACTS])
+        ratio = weak / rest
+        add("C3", claim, f"end-level val loss ratio (ReLU{SMALL}, leaky{SMALL}) / (ELU{SMALL} and {LARGE}-channel models) "
+            f"= {ratio:.2f}", rule, REPRODUCED if ratio >= 1.5 else NOT_REPRODUCED)
 
-    # C4 32-channel models similar after the full budget
-    n32 = {a: _test(metrics, a, 32, final_epoch, "nrmse") for a in ("relu", "leaky_relu", "elu")}
-    spread = (max(n32.values()) - min(n32.values())) / np.mean(list(n32.values()))
-    add("C4", "all 32-channel models reach similar metrics after the full budget",
-        "test NRMSE: " + ", ".join(f"{a} {v:.1f} %" for a, v in n32.items()) + f"; relative spread {100 * spread:.0f} %",
-        "(max − min)/mean of test NRMSE ≤ 10 %", REPRODUCED if spread <= 0.10 else NOT_REPRODUCED)
+    large = [(a, LARGE) for a in ACTS]
+    claim, rule = f"all {LARGE}-channel models reach similar metrics after the full budget", "(max − min)/mean of test NRMSE ≤ 10 %"
+    n32 = {a: _test(metrics, a, LARGE, final_epoch, "nrmse") for a in ACTS}
+    if not blocked("C4", claim, rule, large):
+        spread = (max(n32.values()) - min(n32.values())) / np.mean(list(n32.values()))
+        add("C4", claim, "test NRMSE: " + ", ".join(f"{a} {v:.1f} %" for a, v in n32.items())
+            + f"; relative spread {100 * spread:.0f} %", rule, REPRODUCED if spread <= 0.10 else NOT_REPRODUCED)
 
-    # C5 ELU best among 32-channel models
-    s32 = {a: _test(metrics, a, 32, final_epoch, "ssim") for a in n32}
-    ok = n32["elu"] == min(n32.values()) and s32["elu"] == max(s32.values())
-    add("C5", "among 32-channel models after the full budget ELU has the best NRMSE and SSIM",
-        "test NRMSE / SSIM: " + ", ".join(f"{a} {n32[a]:.1f} % / {s32[a]:.3f}" for a in n32),
-        "ELU32 lowest mean NRMSE and highest mean SSIM", REPRODUCED if ok else NOT_REPRODUCED)
+    claim = f"among {LARGE}-channel models after the full budget ELU has the best NRMSE and SSIM"
+    rule = f"ELU{LARGE} lowest mean NRMSE and highest mean SSIM"
+    if not blocked("C5", claim, rule, large):
+        s32 = {a: _test(metrics, a, LARGE, final_epoch, "ssim") for a in ACTS}
+        ok = n32[BEST] == min(n32.values()) and s32[BEST] == max(s32.values())
+        add("C5", claim, "test NRMSE / SSIM: " + ", ".join(f"{a} {n32[a]:.1f} % / {s32[a]:.3f}" for a in ACTS),
+            rule, REPRODUCED if ok else NOT_REPRODUCED)
 
-    # C6 early: ELU16 beats ReLU16
-    e = {m: _test(metrics, "elu", 16, early_epoch, m) for m in ("nrmse", "ssim")}
-    r = {m: _test(metrics, "relu", 16, early_epoch, m) for m in ("nrmse", "ssim")}
-    ok = e["nrmse"] < r["nrmse"] and e["ssim"] > r["ssim"]
-    add("C6", f"at the early checkpoint (epoch {early_epoch}) 16-channel ELU beats 16-channel ReLU in NRMSE and SSIM",
-        f"ELU16 {e['nrmse']:.1f} % / {e['ssim']:.3f}; ReLU16 {r['nrmse']:.1f} % / {r['ssim']:.3f}",
-        "lower mean test NRMSE and higher mean test SSIM", REPRODUCED if ok else NOT_REPRODUCED)
+    claim = (f"at the early checkpoint (epoch {early_epoch}) {SMALL}-channel ELU beats {SMALL}-channel ReLU in NRMSE "
+             "and SSIM")
+    rule = "lower mean test NRMSE and higher mean test SSIM"
+    if not blocked("C6", claim, rule, [(BEST, SMALL), ("relu", SMALL)], before=early_epoch):
+        e = {m: _test(metrics, BEST, SMALL, early_epoch, m) for m in ("nrmse", "ssim")}
+        r = {m: _test(metrics, "relu", SMALL, early_epoch, m) for m in ("nrmse", "ssim")}
+        ok = e["nrmse"] < r["nrmse"] and e["ssim"] > r["ssim"]
+        add("C6", claim, f"ELU{SMALL} {e['nrmse']:.1f} % / {e['ssim']:.3f}; ReLU{SMALL} {r['nrmse']:.1f} % / {r['ssim']:.3f}",
+            rule, REPRODUCED if ok else NOT_REPRODUCED)
 
-    # C7 smaller ELU model matches the larger one at lower cost
-    elu16, elu32 = _test(metrics, "elu", 16, final_epoch, "nrmse"), _test(metrics, "elu", 32, final_epoch, "nrmse")
-    cost_text, cheaper = "no cost table", False
-    if costs is not None and len(costs):
-        c16 = costs[(costs.activation == "elu") & (costs.channels == 16)].iloc[0]
-        c32 = costs[(costs.activation == "elu") & (costs.channels == 32)].iloc[0]
-        cheaper = c16.seconds_per_epoch < c32.seconds_per_epoch and c16.params < c32.params
-        cost_text = (f"parameters {c16.params / 1e6:.1f} M vs {c32.params / 1e6:.1f} M, seconds/epoch "
-                     f"{c16.seconds_per_epoch:.1f} vs {c32.seconds_per_epoch:.1f}, peak memory "
-                     f"{c16.peak_mem_mb:.0f} vs {c32.peak_mem_mb:.0f} MiB")
-    ok = elu16 <= 1.05 * elu32 and cheaper
-    add("C7", "ELU lets the 16-channel model match the 32-channel one with less memory and time",
-        f"test NRMSE ELU16 {elu16:.1f} % vs ELU32 {elu32:.1f} %; {cost_text}",
-        "ELU16 NRMSE ≤ 1.05 × ELU32's, with fewer parameters and less time per epoch",
-        REPRODUCED if ok else NOT_REPRODUCED)
+    claim = f"ELU lets the {SMALL}-channel model match the {LARGE}-channel one with less memory and time"
+    rule = f"ELU{SMALL} NRMSE ≤ 1.05 × ELU{LARGE}'s, with fewer parameters and less time per epoch"
+    if not blocked("C7", claim, rule, [(BEST, SMALL), (BEST, LARGE)]):
+        small, big = _test(metrics, BEST, SMALL, final_epoch, "nrmse"), _test(metrics, BEST, LARGE, final_epoch, "nrmse")
+        cost_text, cheaper = "no cost table", False
+        if costs is not None and len(costs):
+            c16 = costs[(costs.activation == BEST) & (costs.channels == SMALL)].iloc[0]
+            c32 = costs[(costs.activation == BEST) & (costs.channels == LARGE)].iloc[0]
+            cheaper = c16.seconds_per_epoch < c32.seconds_per_epoch and c16.params < c32.params
+            cost_text = (f"parameters {c16.params / 1e6:.1f} M vs {c32.params / 1e6:.1f} M, seconds/epoch "
+                         f"{c16.seconds_per_epoch:.1f} vs {c32.seconds_per_epoch:.1f}, peak memory "
+                         f"{c16.peak_mem_mb:.0f} vs {c32.peak_mem_mb:.0f} MiB")
+        ok = small <= 1.05 * big and cheaper
+        add("C7", claim, f"test NRMSE ELU{SMALL} {small:.1f} % vs ELU{LARGE} {big:.1f} %; {cost_text}", rule,
+            REPRODUCED if ok else NOT_REPRODUCED)
 
-    # C8 dying ReLU
-    dead = _final(histories, "dead_fraction")
-    relu_dead = max(dead[("relu", 16)], dead[("relu", 32)])
-    elu_dead = max(dead[("elu", 16)], dead[("elu", 32)])
-    ok = relu_dead >= 0.05 and relu_dead >= 2 * elu_dead
-    add("C8", "ReLU networks lose units to dying ReLU; ELU does not",
-        "final dead-channel fraction: " + ", ".join(f"{variant_key(a, c)} {100 * dead[(a, c)]:.1f} %" for a, c in VARIANTS),
-        "max ReLU dead fraction ≥ 5 % and ≥ 2 × ELU's (a measured precondition, not proof of the causal explanation)",
-        REPRODUCED if ok else NOT_REPRODUCED)
+    claim, rule = ("ReLU networks lose units to dying ReLU; ELU does not",
+                   "max ReLU dead fraction ≥ 5 % and ≥ 2 × ELU's (a measured precondition, not proof of the causal explanation)")
+    if not blocked("C8", claim, rule, [("relu", c) for c in registry.PAPER_CHANNELS] + [(BEST, c) for c in registry.PAPER_CHANNELS]):
+        dead = _final(histories, "dead_fraction")
+        relu_dead = max(dead[("relu", c)] for c in registry.PAPER_CHANNELS)
+        best_dead = max(dead[(BEST, c)] for c in registry.PAPER_CHANNELS)
+        ok = relu_dead >= 0.05 and relu_dead >= 2 * best_dead
+        add("C8", claim, "final dead-channel fraction: " + ", ".join(f"{variant_key(a, c)} {100 * dead[(a, c)]:.1f} %"
+                                                                   for a, c in VARIANTS),
+            rule, REPRODUCED if ok else NOT_REPRODUCED)
     return pd.DataFrame(rows)
+
+
+def compare_arms(claims: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, str]:
+    """Verdicts of each claim side by side per arm, and one paragraph saying what the arm changes.
+
+    ``claims``: arm → :func:`evaluate_claims` table. The paragraph lists the claims whose verdict
+    differs between the arms (with both verdicts) and those that agree."""
+    arms = list(claims)
+    table = pd.concat([c.set_index("id")["verdict"].rename(arm) for arm, c in claims.items()], axis=1).reset_index()
+    if len(arms) < 2:
+        return table, "Only one arm was run; no comparison."
+    changed = table[table[arms].nunique(axis=1) > 1]
+    same = table[table[arms].nunique(axis=1) == 1]
+    names = {"none": "without normalisation (the standard U-Net)", "batch": "with batch normalisation"}
+    parts = [f"{r.id} is {' but '.join(f'{getattr(r, a)} {names.get(a, a)}' for a in arms)}" for r in changed.itertuples()]
+    text = ("Normalisation changes the verdict of " + ("; ".join(parts) if parts else "no claim") + ". "
+            + (f"The verdicts of {', '.join(same.id)} are the same in both arms." if len(same) else ""))
+    return table, text
 
 
 def _code_changes(git) -> str:
@@ -183,12 +242,9 @@ def provenance(profile: str, repo: str | Path = ".") -> dict:
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from qsmrep.runtime import hardware_summary
+
+    hardware = hardware_summary()
     memory = ""
     try:
         kib = int(next(l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")))
@@ -200,9 +256,11 @@ def provenance(profile: str, repo: str | Path = ".") -> dict:
         "commit": git("rev-parse", "--short", "HEAD") + (" (with uncommitted changes)" if _code_changes(git) else ""),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.node()} ({platform.system()} {platform.machine()})",
-        "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "cpu": f"{hardware['cpu']}, {os.cpu_count()} cores",
+        "cpu capability (ATen)": hardware["cpu capability"],
+        "cpu native bf16 (AMX or AVX512-BF16)": "yes" if hardware["cpu native bf16"] else "no",
         "memory": memory,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "gpu": hardware["gpu"],
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch threads": torch.get_num_threads(),
@@ -238,52 +296,66 @@ def _interval(values: list[float], level: float = 0.95) -> tuple[float, float, f
     return mean, mean - half, mean + half
 
 
-def seed_statistics(histories: pd.DataFrame, metrics: pd.DataFrame, early_epoch: int, final_epoch: int) -> pd.DataFrame:
-    """Per-seed evidence for C2, C3, C5 and C6 with the mean and a 95 % t interval over seeds.
+def seed_statistics(histories: pd.DataFrame, metrics: pd.DataFrame, early_epoch: int, final_epoch: int,
+                    status: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per-seed evidence for C2, C3, C5 and C6 with the mean and a 95 % t interval over seeds (one arm).
 
     Each quantity is computed within one seed (same seed, same data: a paired comparison), then
-    summarised over seeds. ``supports`` is True when the whole interval lies on the side the paper
-    claims, False when the whole interval lies on the other side or the mean does, and None
-    (undecided) for a single seed or an interval that straddles the boundary.
+    summarised over seeds; a seed on which a model the quantity needs diverged contributes nothing
+    (its value is NaN and the ``seeds`` column counts only the others). ``supports`` is True when the
+    whole interval lies on the side the paper claims, False when the whole interval lies on the other
+    side or the mean does, and None (undecided) for a single seed or an interval that straddles the
+    boundary.
     """
     test = metrics.groupby(["activation", "channels", "epoch", "seed"])[["nrmse", "ssim"]].mean()
     seeds = sorted(set(histories.seed))
+    diverged = divergences(status)
     per_seed: dict[str, list[float]] = {}
+    others = [a for a in ACTS if a != BEST]
 
-    def put(key, value):
-        per_seed.setdefault(key, []).append(value)
+    def put(key, value, needed, seed, before=None):
+        involved = np.array([(a, c) in needed for a, c in zip(diverged.activation, diverged.channels)], dtype=bool)
+        hit = diverged[(diverged.seed == seed).to_numpy() & involved]
+        if before is not None:
+            hit = hit[hit.diverged_epoch <= before]
+        per_seed.setdefault(key, []).append(np.nan if len(hit) else value)
 
-    final16 = _end_levels(histories, "val_nrmse")
-    threshold = 1.1 * max(final16[(a, 16)] for a in ("relu", "leaky_relu", "elu"))
+    ok = histories[~histories.get("status", pd.Series("finished", index=histories.index)).eq("diverged")]
+    final16 = _end_levels(ok, "val_nrmse") if len(ok) else pd.Series(dtype=float)
+    threshold = 1.1 * max((final16.get((a, SMALL), np.nan) for a in ACTS), default=np.nan)
+    small, large = [(a, SMALL) for a in ACTS], [(a, LARGE) for a in ACTS]
     for seed in seeds:
         h = histories[histories.seed == seed]
-        reach = {a: epochs_to_reach(_curve(h, a, 16, "val_nrmse"), threshold) for a in ("relu", "leaky_relu", "elu")}
-        best_other = min(reach["relu"], reach["leaky_relu"])
-        put("C2", reach["elu"] - best_other if np.isfinite(best_other) and np.isfinite(reach["elu"]) else np.nan)
-        loss = {(a, c): end_level(_curve(h, a, c, "val_loss")) for a, c in VARIANTS}
-        put("C3", np.mean([loss[("relu", 16)], loss[("leaky_relu", 16)]])
-            / np.mean([loss[("elu", 16)], *(loss[(a, 32)] for a in ("relu", "leaky_relu", "elu"))]))
+        reach = {a: epochs_to_reach(_curve(h, a, SMALL, "val_nrmse"), threshold) for a in ACTS}
+        best_other = min(reach[a] for a in others)
+        put("C2", reach[BEST] - best_other if np.isfinite(best_other) and np.isfinite(reach[BEST]) else np.nan, small, seed)
+        loss = {(a, c): end_level(_curve(h, a, c, "val_loss")) if len(_curve(h, a, c, "val_loss")) else np.nan
+                for a, c in VARIANTS}
+        put("C3", np.mean([loss[(a, SMALL)] for a in others])
+            / np.mean([loss[(BEST, SMALL)], *(loss[(a, LARGE)] for a in ACTS)]), VARIANTS, seed)
 
         def t(a, c, e, m):
             return float(test.loc[(a, c, e, seed), m]) if (a, c, e, seed) in test.index else np.nan
 
-        put("C5 NRMSE", t("elu", 32, final_epoch, "nrmse") - min(t("relu", 32, final_epoch, "nrmse"), t("leaky_relu", 32, final_epoch, "nrmse")))
-        put("C5 SSIM", t("elu", 32, final_epoch, "ssim") - max(t("relu", 32, final_epoch, "ssim"), t("leaky_relu", 32, final_epoch, "ssim")))
-        put("C6 NRMSE", t("elu", 16, early_epoch, "nrmse") - t("relu", 16, early_epoch, "nrmse"))
-        put("C6 SSIM", t("elu", 16, early_epoch, "ssim") - t("relu", 16, early_epoch, "ssim"))
+        put("C5 NRMSE", t(BEST, LARGE, final_epoch, "nrmse") - min(t(a, LARGE, final_epoch, "nrmse") for a in others), large, seed)
+        put("C5 SSIM", t(BEST, LARGE, final_epoch, "ssim") - max(t(a, LARGE, final_epoch, "ssim") for a in others), large, seed)
+        pair = [(BEST, SMALL), ("relu", SMALL)]
+        put("C6 NRMSE", t(BEST, SMALL, early_epoch, "nrmse") - t("relu", SMALL, early_epoch, "nrmse"), pair, seed, early_epoch)
+        put("C6 SSIM", t(BEST, SMALL, early_epoch, "ssim") - t("relu", SMALL, early_epoch, "ssim"), pair, seed, early_epoch)
 
     described = {
-        "C2": (f"epochs for ELU16 to reach val NRMSE ≤ {threshold:.1f} % (the C2 threshold) minus the best other "
-               "16-channel model's", "<", 0.0),
-        "C3": ("end-level val loss ratio (ReLU16, leaky16) / (ELU16 and 32-channel models)", ">", 1.5),
-        "C5 NRMSE": ("ELU32 test NRMSE minus the best other 32-channel model's (percentage points)", "<", 0.0),
-        "C5 SSIM": ("ELU32 test SSIM minus the best other 32-channel model's", ">", 0.0),
-        "C6 NRMSE": (f"ELU16 minus ReLU16 test NRMSE at epoch {early_epoch} (percentage points)", "<", 0.0),
-        "C6 SSIM": (f"ELU16 minus ReLU16 test SSIM at epoch {early_epoch}", ">", 0.0),
+        "C2": (f"epochs for ELU{SMALL} to reach val NRMSE ≤ {threshold:.1f} % (the C2 threshold) minus the best other "
+               f"{SMALL}-channel model's", "<", 0.0),
+        "C3": (f"end-level val loss ratio (ReLU{SMALL}, leaky{SMALL}) / (ELU{SMALL} and {LARGE}-channel models)", ">", 1.5),
+        "C5 NRMSE": (f"ELU{LARGE} test NRMSE minus the best other {LARGE}-channel model's (percentage points)", "<", 0.0),
+        "C5 SSIM": (f"ELU{LARGE} test SSIM minus the best other {LARGE}-channel model's", ">", 0.0),
+        "C6 NRMSE": (f"ELU{SMALL} minus ReLU{SMALL} test NRMSE at epoch {early_epoch} (percentage points)", "<", 0.0),
+        "C6 SSIM": (f"ELU{SMALL} minus ReLU{SMALL} test SSIM at epoch {early_epoch}", ">", 0.0),
     }
     rows = []
     for key, (quantity, side, boundary) in described.items():
-        mean, low, high = _interval(per_seed.get(key, []))
+        values = per_seed.get(key, [])
+        mean, low, high = _interval(values)
         claimed = (lambda v: v < boundary) if side == "<" else (lambda v: v > boundary)
         if not np.isfinite(mean):
             supports = None
@@ -293,9 +365,52 @@ def seed_statistics(histories: pd.DataFrame, metrics: pd.DataFrame, early_epoch:
             supports = False
         else:
             supports = None
-        rows.append({"claim": key, "quantity": quantity, "claimed": f"{side} {boundary:g}", "seeds": len(per_seed.get(key, [])),
-                     "per seed": ", ".join(f"{v:.3g}" for v in per_seed.get(key, [])), "mean": mean,
+        rows.append({"claim": key, "quantity": quantity, "claimed": f"{side} {boundary:g}",
+                     "seeds": int(np.isfinite(values).sum()) if values else 0,
+                     "per seed": ", ".join(f"{v:.3g}" for v in values), "mean": mean,
                      "95 % CI low": low, "95 % CI high": high, "supports": supports})
     table = pd.DataFrame(rows)
     table["supports"] = pd.Series([row["supports"] for row in rows], dtype=object)  # keep True/False/None
     return table
+
+
+def precision_guard(fast: pd.DataFrame, fp32: pd.DataFrame, tolerance: float = GUARD_TOLERANCE) -> tuple[pd.DataFrame, dict]:
+    """The accuracy guard of the fast setting: its end-level validation NRMSE against plain fp32 twins.
+
+    ``fast``: histories of the runs in the adopted setting; ``fp32``: histories of their fp32 twins
+    (same arm, variant, seed and data). Per pair: the relative difference
+    d = (NRMSE_fast − NRMSE_fp32) / NRMSE_fp32 of the end levels (median over the last 20 % of epochs),
+    and the speed-up (median fp32 seconds per epoch / fast seconds per epoch). Pairs where either run
+    diverged are listed, not used. The statistic: mean of d over all pairs with its 95 % t interval;
+    the guard *holds* when the interval lies inside ±``tolerance``, *fails* when the mean lies outside,
+    else it is *undecided* (more seeds needed).
+
+    Returns ``(table, summary)``; summary keys: pairs, mean, low, high, max_abs, speedup, verdict.
+    """
+    keys = ["arm", "activation", "channels", "seed"]
+    rows = []
+    for key, twin in fp32.groupby(keys):
+        run = fast[(fast[keys] == pd.Series(dict(zip(keys, key)))).all(axis=1)]
+        if not len(run):
+            continue
+        twin, run = twin.sort_values("epoch"), run.sort_values("epoch")
+        usable = not ((run.get("status") == "diverged").any() or (twin.get("status") == "diverged").any())
+        a, b = end_level(run["val_nrmse"]), end_level(twin["val_nrmse"])
+        rows.append({**dict(zip(keys, key)), "precision": run["precision"].iloc[0] if "precision" in run else "",
+                     "val_nrmse_fast": a, "val_nrmse_fp32": b, "relative_difference": (a - b) / b if usable else np.nan,
+                     "speedup": float(twin["seconds"].iloc[1:].median() / run["seconds"].iloc[1:].median())
+                     if len(run) > 1 and len(twin) > 1 else np.nan, "used": usable})
+    table = pd.DataFrame(rows)
+    if not len(table):
+        return table, {"pairs": 0, "verdict": "not run"}
+    d = table.loc[table.used, "relative_difference"].to_numpy(dtype=float)
+    mean, low, high = _interval(list(d))
+    if np.isfinite(low) and -tolerance <= low and high <= tolerance:
+        verdict = "holds"
+    elif np.isfinite(mean) and abs(mean) > tolerance:
+        verdict = "fails"
+    else:
+        verdict = "undecided"
+    return table, {"pairs": int(len(d)), "mean": mean, "low": low, "high": high,
+                   "max_abs": float(np.nanmax(np.abs(d))) if len(d) else np.nan,
+                   "speedup": float(table.speedup.median()), "verdict": verdict, "tolerance": tolerance}

@@ -1,28 +1,35 @@
-"""Where a profile's outputs live, and collecting them across variants.
+"""The study's runs and where a profile's outputs live, and collecting them across runs.
 
 Layout (relative to the project root)::
 
-    results/<profile>/runs/<activation><channels>_s<seed>/   one training run (qsmrep.train), git-ignored
-    results/<profile>/histories.csv                           all runs' history rows, with variant columns
-    results/<profile>/costs.csv                               parameters, time and memory per variant
-    results/<profile>/metrics_per_map.csv, metrics_summary.csv   test metrics (qsmrep.evaluate)
-    results/<profile>/arrays.npz                              ground truth and predictions for the figures
-    results/<profile>/report.html                             the rendered report
-    figures/<profile>/fig*.png|svg                            the figures
+    results/<profile>/runs/<arm>/<activation><channels>_s<seed>/   one training run of the paper's variants (git-ignored)
+    results/<profile>/sweep/<arm>/<name>_s<seed>/                  the extended activation sweep (git-ignored)
+    results/<profile>/guard/<arm>/<activation><channels>_s<seed>/  fp32 twins for the precision guard (git-ignored)
+    results/<profile>/histories.csv, costs.csv, dead_units.csv, run_status.csv   all runs, with an ``arm`` column
+    results/<profile>/metrics_per_map.csv, metrics_summary.csv, metrics_phantom.csv   test metrics (qsmrep.evaluate)
+    results/<profile>/arrays.npz                                   ground truth and predictions for the figures
+    results/<profile>/report.html                                  the rendered report
+    figures/<profile>/fig*.png|svg                                 the figures
+
+:func:`study_runs` enumerates the runs a study trains (the workflow's training jobs); everything
+else finds runs on disk.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from qsmrep import io
+from qsmrep import io, registry
 from qsmrep.config import Config
-from qsmrep.train import CONFIG_FILE, FAILED_FILE, checkpoint_name, read_history
+from qsmrep.runfolder import DIVERGED, RunFolder, checkpoint_name, load_checkpoint
 from qsmrep.unet import UNet3D, count_parameters
 
-PAPER_VARIANTS = [(a, c) for c in (16, 32) for a in ("relu", "leaky_relu", "elu")]
+KINDS = {"paper": "runs", "sweep": "sweep", "guard": "guard"}  # kind of run → folder under results/<profile>
+#: what the precision guard trains beside each run of the adopted setting: the plain fp32 path
+GUARD_OVERRIDES = {"precision": "fp32", "memory_format": "contiguous"}
 
 
 def project_root(start: str | Path | None = None) -> Path:
@@ -42,62 +49,156 @@ def figures_dir(profile: str, root: str | Path | None = None) -> Path:
     return project_root(root) / "figures" / profile
 
 
-def run_dir(profile: str, activation: str, channels: int, seed: int = 0, root: str | Path | None = None) -> Path:
-    """Folder of one training run."""
-    return results_dir(profile, root) / "runs" / f"{activation}{channels}_s{seed}"
+def sweep_name(activation: str, params: dict) -> str:
+    """Folder-safe name of a sweep setting, e.g. ``leaky_relu-0.01``, ``elu-2``, ``gelu``."""
+    return activation + "".join(f"-{value:g}" for value in params.values())
 
 
-def list_runs(profile: str, root: str | Path | None = None) -> list[tuple[Config, Path]]:
-    """(config, folder) of every run folder of ``profile`` that holds a config, sorted by name."""
-    runs = []
-    for folder in sorted((results_dir(profile, root) / "runs").glob("*_s*")):
-        if (folder / CONFIG_FILE).exists():
-            runs.append((Config.load(folder / CONFIG_FILE), folder))
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of the study: which model, arm and seed, and where its folder is."""
+
+    profile: str
+    kind: str  # paper | sweep | guard
+    arm: str
+    activation: str
+    channels: int
+    seed: int
+    activation_params: dict = field(default_factory=dict, hash=False)
+
+    @property
+    def name(self) -> str:
+        """Folder name: ``elu16_s0`` (paper, guard) or ``leaky_relu-0.01_s0`` (sweep)."""
+        base = sweep_name(self.activation, self.activation_params) if self.kind == "sweep" else \
+            registry.variant_name(self.activation, self.channels)
+        return f"{base}_s{self.seed}"
+
+    @property
+    def key(self) -> str:
+        """``<kind>/<arm>/<name>``: unique within a profile (the workflow's job wildcard)."""
+        return f"{self.kind}/{self.arm}/{self.name}"
+
+    def folder(self, root: str | Path | None = None) -> Path:
+        return results_dir(self.profile, root) / KINDS[self.kind] / self.arm / self.name
+
+    def config(self) -> Config:
+        overrides = GUARD_OVERRIDES if self.kind == "guard" else {}
+        return Config.from_profile(self.profile, activation=self.activation, activation_params=self.activation_params,
+                                   initial_channels=self.channels, seed=self.seed, norm=self.arm, **overrides)
+
+
+def study_runs(profile: str, arms=(registry.DEFAULT_ARM,), seeds: int = 1, extended: bool = False,
+               guard: bool = False) -> list[RunSpec]:
+    """Every training run of a study: the six paper variants per arm and seed; with ``extended`` the
+    activation sweep (default arm only); with ``guard`` an fp32 twin of every paper variant's seed 0."""
+    if seeds < 1:
+        raise ValueError(f"seeds: must be ≥ 1, got {seeds}")
+    for arm in arms:
+        registry.check_choice("arm", arm, registry.ARMS)
+    runs = [RunSpec(profile, "paper", arm, a, c, seed) for arm in arms for seed in range(seeds)
+            for a, c in registry.PAPER_VARIANTS]
+    if extended:
+        runs += [RunSpec(profile, "sweep", registry.DEFAULT_ARM, a, registry.SWEEP_CHANNELS, seed, dict(params))
+                 for seed in range(seeds) for a, params in registry.SWEEP]
+    if guard:
+        runs += [RunSpec(profile, "guard", arm, a, c, 0) for arm in arms for a, c in registry.PAPER_VARIANTS]
     return runs
 
 
-def collect_histories(profile: str, root: str | Path | None = None, write: bool = True) -> pd.DataFrame:
-    """All runs' histories in one table with activation, channels, seed and failed columns."""
-    frames = []
+def run_spec(profile: str, key: str) -> RunSpec:
+    """The :class:`RunSpec` of a ``<kind>/<arm>/<name>`` key (the inverse of :attr:`RunSpec.key`)."""
+    for spec in study_runs(profile, registry.ARMS, seeds=_seed_of(key) + 1, extended=True, guard=True):
+        if spec.key == key:
+            return spec
+    raise ValueError(f"run: no run {key!r} in profile {profile!r}")
+
+
+def _seed_of(key: str) -> int:
+    try:
+        return int(key.rsplit("_s", 1)[1])
+    except (IndexError, ValueError):
+        raise ValueError(f"run: {key!r} is not a <kind>/<arm>/<name>_s<seed> key") from None
+
+
+def list_runs(profile: str, root: str | Path | None = None, kind: str = "paper") -> list[tuple[Config, RunFolder]]:
+    """(config, run folder) of every folder of ``kind`` that holds a config, sorted by arm and name."""
+    runs = []
+    for path in sorted((results_dir(profile, root) / KINDS[kind]).glob("*/*_s*")):
+        folder = RunFolder(path)
+        config = folder.config()
+        if config is not None:
+            runs.append((config, folder))
+    return runs
+
+
+def _labels(config: Config) -> dict:
+    return {"arm": config.arm, "activation": config.activation, "channels": config.initial_channels, "seed": config.seed}
+
+
+def run_status_table(profile: str, root: str | Path | None = None, write: bool = True) -> pd.DataFrame:
+    """One row per run: arm, variant, seed, status (finished, diverged, partial), precision and memory
+    format used, the divergence epoch/iteration and the last finite values where it diverged."""
+    rows = []
     for config, folder in list_runs(profile, root):
-        frame = read_history(folder)
+        done = folder.done() or {}
+        last = done.get("last_finite", {})
+        rows.append({**_labels(config), "status": folder.status(), "precision": config.precision,
+                     "memory_format": config.memory_format, "grad_clip": config.grad_clip,
+                     "diverged_epoch": done.get("epoch") if done.get("status") == DIVERGED else None,
+                     "diverged_iteration": done.get("iteration") if done.get("status") == DIVERGED else None,
+                     "last_finite_train_loss": last.get("train_loss"), "last_finite_val_nrmse": last.get("val_nrmse"),
+                     "trained_at_commit": done.get("commit", "")})
+    table = pd.DataFrame(rows)
+    if write and len(table):
+        io.write_text(results_dir(profile, root) / "run_status.csv", table.to_csv(index=False))
+    return table
+
+
+def collect_histories(profile: str, root: str | Path | None = None, write: bool = True, kind: str = "paper",
+                      name: str = "histories.csv") -> pd.DataFrame:
+    """All runs' histories in one table with arm, activation, channels, seed and status columns."""
+    frames = []
+    for config, folder in list_runs(profile, root, kind):
+        frame = folder.history()
         if len(frame):
-            frames.append(frame.assign(activation=config.activation, channels=config.initial_channels, seed=config.seed,
-                                       failed=(folder / FAILED_FILE).exists()))
+            frames.append(frame.assign(**_labels(config), status=folder.status(), precision=config.precision))
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if write and len(table):
-        io.write_text(results_dir(profile, root) / "histories.csv", table.to_csv(index=False))
+        io.write_text(results_dir(profile, root) / name, table.to_csv(index=False))
     return table
 
 
 def cost_table(profile: str, root: str | Path | None = None, write: bool = True) -> pd.DataFrame:
-    """Per variant (mean over seeds): parameters, seconds per epoch and per iteration, peak memory, total time.
+    """Per arm and variant (mean over seeds): parameters, seconds per epoch and per iteration, peak memory, total time.
 
     Seconds per epoch is the median over epochs after the first (which holds one-off warm-up).
     Paper scale (four 160³ patches): memory is the estimate of :mod:`qsmrep.estimate`, the time per
     iteration is *extrapolated* from this run by the voxel ratio (compute grows linearly with voxels),
-    unless this run is the paper profile. ``seconds_to_target`` is the training time until the
-    validation NRMSE first reaches ``target_nrmse``: the highest end level (median over the last
-    20 % of epochs) of all runs, a level every run reaches and that a last-epoch spike cannot inflate.
+    unless this run is the paper profile; GPU measurements, where committed, are shown beside it by
+    the report. ``seconds_to_target`` is the training time until the validation NRMSE first reaches
+    ``target_nrmse``: the highest end level (median over the last 20 % of epochs) of the arm's
+    finished runs, a level every finished run reaches and that a last-epoch spike cannot inflate.
     """
     from qsmrep.estimate import training_memory_bytes
     from qsmrep.report import end_level, epochs_to_reach
 
-    histories = {folder: read_history(folder) for _config, folder in list_runs(profile, root)}
-    finals = [end_level(h.sort_values("epoch")["val_nrmse"]) for h in histories.values() if len(h)]
-    target = max(finals) if finals else float("nan")
+    runs = [(config, folder, folder.history()) for config, folder in list_runs(profile, root)]
+    targets: dict[str, float] = {}
+    for config, folder, history in runs:
+        if len(history) and folder.status() != DIVERGED:
+            level = end_level(history.sort_values("epoch")["val_nrmse"])
+            targets[config.arm] = max(targets.get(config.arm, float("-inf")), level)
     rows = []
-    for config, folder in list_runs(profile, root):
-        history = histories[folder]
+    for config, folder, history in runs:
         if not len(history):
             continue
         steady = history["seconds"].iloc[1:] if len(history) > 1 else history["seconds"]
         paper = Config.from_profile("paper", activation=config.activation, activation_params=config.activation_params,
-                                    initial_channels=config.initial_channels, precision=config.precision)
+                                    initial_channels=config.initial_channels, norm=config.norm, precision=config.precision)
         voxel_ratio = (paper.batch_size * paper.patch_size**3) / (config.batch_size * config.patch_size**3)
+        target = targets.get(config.arm, float("nan"))
         reached = epochs_to_reach(history.set_index("epoch")["val_nrmse"], target)
-        rows.append({"activation": config.activation, "channels": config.initial_channels, "seed": config.seed,
-                     "params": count_parameters(UNet3D(**config.model_kwargs())),
+        rows.append({**_labels(config), "params": count_parameters(UNet3D(**config.model_kwargs())),
                      "seconds_per_epoch": float(steady.median()),
                      "seconds_per_iteration": float(steady.median()) / config.iterations,
                      "train_seconds": float(history["seconds"].sum()),
@@ -107,17 +208,18 @@ def cost_table(profile: str, root: str | Path | None = None, write: bool = True)
                      if reached != float("inf") else float("nan"),
                      "paper_seconds_per_iteration_extrapolated": float(steady.median()) / config.iterations * voxel_ratio,
                      "paper_memory_gib_estimate": training_memory_bytes(paper) / 2**30,
-                     "precision": config.precision, "patch_size": config.patch_size, "batch_size": config.batch_size})
+                     "precision": config.precision, "memory_format": config.memory_format,
+                     "patch_size": config.patch_size, "batch_size": config.batch_size})
     table = pd.DataFrame(rows)
     if len(table):
-        table = table.groupby(["activation", "channels"], as_index=False, sort=False).agg(
+        table = table.groupby(["arm", "activation", "channels"], as_index=False, sort=False).agg(
             seeds=("seed", "count"), params=("params", "first"), seconds_per_epoch=("seconds_per_epoch", "mean"),
             seconds_per_iteration=("seconds_per_iteration", "mean"), train_seconds=("train_seconds", "mean"),
             peak_mem_mb=("peak_mem_mb", "max"), target_nrmse=("target_nrmse", "first"),
             seconds_to_target=("seconds_to_target", "mean"),
             paper_seconds_per_iteration_extrapolated=("paper_seconds_per_iteration_extrapolated", "mean"),
-            paper_memory_gib_estimate=("paper_memory_gib_estimate", "first"), precision=("precision", "first"), patch_size=("patch_size", "first"),
-            batch_size=("batch_size", "first"))
+            paper_memory_gib_estimate=("paper_memory_gib_estimate", "first"), precision=("precision", "first"),
+            memory_format=("memory_format", "first"), patch_size=("patch_size", "first"), batch_size=("batch_size", "first"))
         if write:
             io.write_text(results_dir(profile, root) / "costs.csv", table.to_csv(index=False))
     return table
@@ -129,28 +231,30 @@ def dead_unit_table(profile: str, root: str | Path | None = None, write: bool = 
     A channel is dead when it is never positive on validation map 0 (see
     :class:`qsmrep.train.ActivationRecorder`). Written to ``dead_units.csv``.
     """
-    from qsmrep.train import load_checkpoint
-
     rows = []
     for config, folder in list_runs(profile, root):
         for epoch in sorted({config.early, config.epochs}):
-            path = folder / checkpoint_name(epoch)
+            path = folder.checkpoint(epoch)
             if path.exists():
                 for layer, fraction in load_checkpoint(path).get("dead_per_layer", {}).items():
-                    rows.append({"activation": config.activation, "channels": config.initial_channels, "seed": config.seed,
-                                 "epoch": epoch, "layer": layer, "dead_fraction": fraction})
+                    rows.append({**_labels(config), "epoch": epoch, "layer": layer, "dead_fraction": fraction})
     table = pd.DataFrame(rows)
     if write and len(table):
         io.write_text(results_dir(profile, root) / "dead_units.csv", table.to_csv(index=False))
     return table
 
 
-def checkpoints_for_evaluation(profile: str, root: str | Path | None = None) -> dict[str, Path]:
-    """Label ``<activation><channels>_s<seed>@<epoch>`` → early and final checkpoint of every finished run."""
+def checkpoints_for_evaluation(profile: str, root: str | Path | None = None, kind: str = "paper") -> dict[str, Path]:
+    """Label ``<arm>/<activation><channels>_s<seed>@<epoch>`` → early and final checkpoint of every run that has them."""
     out = {}
-    for config, folder in list_runs(profile, root):
+    for config, folder in list_runs(profile, root, kind):
         for epoch in sorted({config.early, config.epochs}):
-            path = folder / checkpoint_name(epoch)
+            path = folder.checkpoint(epoch)
             if path.exists():
-                out[f"{folder.name}@{epoch}"] = path
+                out[f"{config.arm}/{folder.path.name}@{epoch}"] = path
     return out
+
+
+__all__ = ["RunSpec", "study_runs", "run_spec", "list_runs", "collect_histories", "cost_table", "dead_unit_table",
+           "run_status_table", "checkpoints_for_evaluation", "results_dir", "figures_dir", "project_root", "sweep_name",
+           "checkpoint_name"]

@@ -1,80 +1,50 @@
 """Training of one variant: AdamW, validation after every epoch, checkpoints, resume, history.
 
-Layout of a run folder ``out``::
+The run's files live in a :class:`qsmrep.runfolder.RunFolder`. Every file is written atomically
+and the completion marker last, so a run killed at any moment (SIGKILL included) restarts from its
+last finished epoch, and ``history.csv`` holds each epoch exactly once. The data plan of an epoch
+depends on (seed, epoch) only and the optimiser state is restored, so on a CPU an
+interrupted-and-resumed run ends with the same history (timing columns aside) and the same weights
+as an uninterrupted one.
 
-    config.yaml        the resolved configuration (written first; a different config is refused)
-    history.csv        one row per finished epoch (epoch, train_loss, …, val_loss, val_nrmse, seconds, …)
-    last.pt            model + optimiser + history after the last finished epoch (resume point)
-    epoch_EEE.pt       checkpoints at the early epoch (20 % of the budget) and the last epoch
-    FAILED.json        only when training stopped on a non-finite loss/gradient
-
-Every file is written atomically, so a run killed at any moment (SIGKILL included) restarts from
-its last finished epoch, and ``history.csv`` holds each epoch exactly once. The data plan of an
-epoch depends on (seed, epoch) only and the optimiser state is restored, so on a CPU an
-interrupted-and-resumed run ends with the same history (timing columns aside) and the same
-weights as an uninterrupted one.
+A non-finite loss or gradient with ``nonfinite="stop"`` (or an epoch whose every step was
+non-finite with ``nonfinite="skip"``) ends the run as *diverged*: a result, recorded in the
+completion marker with the epoch, the iteration and the last finite values, not an error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from qsmrep import distributed, io
+from qsmrep import distributed, runtime
 from qsmrep.config import Config
-from qsmrep.data import SyntheticMaps, epoch_plan, patch_loader
+from qsmrep.data import SyntheticMaps, epoch_plan, patch_batches
 from qsmrep.loss import PhysicsInformedLoss
-from qsmrep.metrics import nrmse
+from qsmrep.metrics import nrmse_torch
+from qsmrep.physics import DipolePhysics
+from qsmrep.runfolder import DIVERGED, FINISHED, HISTORY_COLUMNS, RunFolder, load_model_state
+from qsmrep.synth import GENERATOR_VERSION
 from qsmrep.unet import UNet3D
 
-HISTORY_COLUMNS = [
-    "epoch", "iterations", "train_loss", "train_chi", "train_field", "val_loss", "val_nrmse", "dead_fraction",
-    "skipped_steps", "seconds", "data_seconds", "peak_mem_mb",
-]
-TIMING_COLUMNS = ("seconds", "data_seconds", "peak_mem_mb")
-CONFIG_FILE, HISTORY_FILE, LAST_FILE, FAILED_FILE = "config.yaml", "history.csv", "last.pt", "FAILED.json"
-# Fields that do not change the numbers a run produces (on one machine); a resumed run may differ in them.
-EXECUTION_FIELDS = ("num_workers", "val_batch_size", "profile")
 
-
-class NonFiniteError(RuntimeError):
-    """A NaN or Inf loss or gradient stopped training."""
-
-
-def checkpoint_name(epoch: int) -> str:
-    return f"epoch_{epoch:03d}.pt"
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: 'cuda' requested but no CUDA device is available")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast context for the network (``precision="bf16"``), a no-op for fp32."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def _log(message: str) -> None:
+    print(f"[qsmrep] {message}", file=sys.stderr, flush=True)
 
 
 def build_model(config: Config, device: torch.device | str = "cpu") -> UNet3D:
-    """The U-Net of ``config``, initialised from ``config.seed``."""
+    """The U-Net of ``config``, initialised from ``config.seed``, in its memory format."""
     torch.manual_seed(config.seed)
     model = UNet3D(**config.model_kwargs()).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
-    return model
+    return runtime.to_memory_format(model, config.memory_format)
 
 
 class ActivationRecorder:
@@ -117,141 +87,105 @@ class ActivationRecorder:
         return 1.0 - sum(a.sum().item() for a in self.alive.values()) / max(total, 1)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def validate(model: nn.Module, maps: SyntheticMaps, loss_fn: PhysicsInformedLoss, device: torch.device,
-             precision: str = "fp32", record_units: bool = True) -> dict:
-    """Loss and mean NRMSE (inside each map's mask, percent) on full validation maps.
+             precision: str = "fp32", memory_format: str = "contiguous", record_units: bool = True) -> dict:
+    """Loss and mean NRMSE (inside each map's mask, percent) on the full validation maps, on ``device``.
 
-    The first map also records the dead-unit fraction (see :class:`ActivationRecorder`).
+    Maps stay where they were rendered and are moved one at a time; loss and NRMSE are computed on
+    ``device`` (no copy of the volumes to the CPU). The first map also records the dead-unit
+    fraction (see :class:`ActivationRecorder`).
     """
     was_training = model.training
     model.eval()
     losses, errors, dead, per_layer = [], [], float("nan"), {}
     for index in range(len(maps)):
         sample = maps[index]
-        field = sample["field"][None].to(device)
-        chi = sample["chi"][None].to(device)
+        field = sample["field"][None].to(device, non_blocking=True)
+        chi = sample["chi"][None].to(device, non_blocking=True)
+        mask = sample["mask"][None].to(device, non_blocking=True)
         recorder = ActivationRecorder(model) if record_units and index == 0 else None
-        with (recorder or contextlib.nullcontext()), autocast(device, precision):
-            pred = model(field)
+        with (recorder or contextlib.nullcontext()), runtime.autocast(device, precision):
+            pred = model(runtime.to_memory_format(field, memory_format))
         pred = pred.float()
         if recorder is not None:
             dead, per_layer = recorder.dead_fraction(), recorder.dead_fractions()
-        losses.append(loss_fn(pred, chi, field).item())
-        errors.append(nrmse(pred[0, 0].cpu().numpy(), chi[0, 0].cpu().numpy(), sample["mask"][0].numpy()))
+        losses.append(loss_fn(pred, chi, field))
+        errors.append(nrmse_torch(pred, chi, mask)[0])
     model.train(was_training)
-    return {"val_loss": float(np.mean(losses)), "val_nrmse": float(np.mean(errors)), "dead_fraction": dead,
-            "dead_per_layer": per_layer}
+    return {"val_loss": float(torch.stack(losses).double().mean()), "val_nrmse": float(torch.stack(errors).mean()),
+            "dead_fraction": dead, "dead_per_layer": per_layer}
 
 
-def _check_same_config(out: Path, config: Config) -> None:
-    path = out / CONFIG_FILE
-    if not path.exists():
-        return
-    try:
-        saved = Config.load(path).to_dict()
-    except Exception as err:  # noqa: BLE001 - any unreadable config is reported the same way
-        raise ValueError(f"out: {path} is unreadable ({err}); remove it or choose another folder") from None
-    current = config.to_dict()
-    differing = [k for k in current if k not in EXECUTION_FIELDS and saved.get(k) != current[k]]
-    if differing:
-        k = differing[0]
-        raise ValueError(f"out: {out} holds a run with a different config ({k}: {saved.get(k)!r} there, {current[k]!r} now); "
-                         "use another folder or --force")
-
-
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a checkpoint safely (``weights_only=True``); ValueError if it is not a readable qsmrep checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint: no such file {str(path)!r}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - corrupted/truncated files raise many kinds of errors
-        raise ValueError(f"checkpoint: {str(path)!r} is corrupted or not a checkpoint ({type(err).__name__})") from None
-    if not isinstance(ckpt, dict) or not {"model", "config", "epoch"} <= set(ckpt):
-        raise ValueError(f"checkpoint: {str(path)!r} is not a qsmrep checkpoint (missing model/config/epoch)")
-    return ckpt
-
-
-def load_model_state(model: nn.Module, state: dict, source: str = "checkpoint") -> None:
-    """Load ``state`` into ``model``; ValueError naming the first mismatching tensor."""
-    own = model.state_dict()
-    for name, tensor in own.items():
-        if name not in state:
-            raise ValueError(f"{source}: architecture mismatch: parameter {name} missing")
-        if tuple(state[name].shape) != tuple(tensor.shape):
-            raise ValueError(f"{source}: architecture mismatch: {name} has shape {tuple(state[name].shape)}, "
-                             f"the model expects {tuple(tensor.shape)}")
-    extra = sorted(set(state) - set(own))
-    if extra:
-        raise ValueError(f"{source}: architecture mismatch: unexpected parameter {extra[0]}")
-    model.load_state_dict(state)
-
-
-def _grads_finite(model: nn.Module) -> bool:
-    return all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+def _clip_and_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """The gradient's global L2 norm before clipping; clips it to ``max_norm`` when that is > 0."""
+    parameters = [p for p in model.parameters() if p.grad is not None]
+    return torch.nn.utils.clip_grad_norm_(parameters, max_norm if max_norm > 0 else math.inf)
 
 
 def train(config: Config, out: str | Path, progress: bool = True, force: bool = False,
           on_finish: Callable[[nn.Module], None] | None = None) -> pd.DataFrame:
-    """Train ``config``'s variant into folder ``out``; resume if it holds an unfinished run.
+    """Train ``config``'s variant into run folder ``out``; resume if it holds an unfinished run.
 
-    Returns the history (one row per epoch). A finished run returns its history without training.
-    Raises :class:`NonFiniteError` on a non-finite loss or gradient with ``nonfinite="stop"``.
-    ``on_finish(model)`` is called with the trained model at the end. Under ``torchrun`` with
-    several processes, training is data-parallel (:mod:`qsmrep.distributed`); rank 0 writes the
-    files and returns the full history.
+    ``auto`` settings are resolved for this machine first (:func:`qsmrep.runtime.resolve`); the
+    folder stores the resolved configuration and refuses to continue a run made with another one
+    (another device, precision or generator). Returns the history (one row per finished epoch). A
+    complete run, finished or diverged, returns its history without training. ``on_finish(model)``
+    is called with the trained model at the end. Under ``torchrun`` with several processes,
+    training is data-parallel (:mod:`qsmrep.distributed`); rank 0 writes the files and returns the
+    full history.
     """
+    config = runtime.resolve(config)
     context = distributed.setup(config.device)
+    run = RunFolder(out)
     try:
-        return _train(config, Path(out), progress, force, on_finish, context)
+        with run.lock() if context.is_main else contextlib.nullcontext():
+            return _train(config, run, progress, force, on_finish, context)
     finally:
         context.close()
 
 
-def _train(config: Config, out: Path, progress: bool, force: bool, on_finish, context: distributed.Context) -> pd.DataFrame:
+def _train(config: Config, run: RunFolder, progress: bool, force: bool, on_finish, context: distributed.Context) -> pd.DataFrame:
     if context.is_main:
-        out = io.check_writable_dir(out)
-        io.remove_temporaries(out)
-        if force:
-            for path in [out / CONFIG_FILE, out / HISTORY_FILE, out / LAST_FILE, out / FAILED_FILE, *out.glob("epoch_*.pt")]:
-                path.unlink(missing_ok=True)
-        _check_same_config(out, config)
-        io.write_text(out / CONFIG_FILE, config.to_yaml())
+        run.prepare(config, GENERATOR_VERSION, force)
     context.barrier()
-    device = resolve_device(config.device)
+    device = torch.device(config.device)
     if context.enabled and device.type == "cuda":
         device = torch.device("cuda", context.local_rank)
+    data_device = device if config.data_device == device.type else torch.device(config.data_device)
+    physics = DipolePhysics.from_config(config)
     model = build_model(config, device)
     net = model
     if context.enabled:
         if device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         net = nn.parallel.DistributedDataParallel(model, device_ids=[context.local_rank] if device.type == "cuda" else None)
+    step_net = torch.compile(net) if config.compile == "on" else net
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    loss_fn = PhysicsInformedLoss.from_config(config)
+    loss_fn = PhysicsInformedLoss.from_config(config, physics)
 
     rows: list[dict] = []
     start_epoch = 1
-    if (out / LAST_FILE).exists():
-        ckpt = load_checkpoint(out / LAST_FILE, map_location=device)
-        load_model_state(model, ckpt["model"], str(out / LAST_FILE))
-        optimizer.load_state_dict(ckpt["optimizer"])
-        rows = list(ckpt["history"])
-        start_epoch = int(ckpt["epoch"]) + 1
+    state = run.resume_state(map_location=device)
+    if state is not None:
+        load_model_state(model, state["model"], str(run.file(run.LAST)))
+        optimizer.load_state_dict(state["optimizer"])
+        rows = list(state["history"])
+        start_epoch = int(state["epoch"]) + 1
     context.barrier()
-    if context.is_main:
-        (out / FAILED_FILE).unlink(missing_ok=True)
-    if start_epoch > config.epochs:
-        if context.is_main:
-            _write_history(out, rows)
+    if run.done() is not None or start_epoch > config.epochs:
+        if context.is_main and run.done() is None:  # killed after the last epoch's files, before the marker
+            run.write_history(rows)
+            run.mark(FINISHED, epochs=config.epochs)
         if on_finish is not None:
             on_finish(model)
-        return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+        return run.history() if context.is_main else pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+    if state is not None and context.is_main:
+        _log(f"train {config.variant} ({config.arm}, seed {config.seed}): resuming {run.path} from epoch {start_epoch} "
+             f"of {config.epochs}")
 
-    train_maps = SyntheticMaps("train", config.n_train, config.map_size, config.data_seed, config.cache_maps, progress)
-    val_maps = SyntheticMaps("val", config.n_val, config.map_size, config.data_seed, config.cache_maps, progress)
+    train_maps = SyntheticMaps.from_config(config, "train", data_device, progress=progress and context.is_main)
+    val_maps = SyntheticMaps.from_config(config, "val", data_device, cache=True, progress=progress and context.is_main)
     bar = _progress_bar(config, start_epoch, progress and context.is_main)
     model.train()
     for epoch in range(start_epoch, config.epochs + 1):
@@ -260,16 +194,13 @@ def _train(config: Config, out: Path, progress: bool, force: bool, on_finish, co
         plan = [distributed.shard(batch, context) for batch in plan]
         sums = {"total": 0.0, "chi": 0.0, "field": 0.0}
         steps = skipped = 0
-        data_seconds = 0.0
-        started = time.perf_counter()
-        waited = time.perf_counter()
-        for iteration, (field, chi) in enumerate(patch_loader(train_maps, config.patch_size, plan, config.num_workers), 1):
+        data_seconds, last_finite = 0.0, None
+        started = waited = time.perf_counter()
+        for iteration, (field, chi) in enumerate(patch_batches(train_maps, config.patch_size, plan, config.num_workers), 1):
             field, chi = field.to(device, non_blocking=True), chi.to(device, non_blocking=True)
-            if config.channels_last:
-                field = field.contiguous(memory_format=torch.channels_last_3d)
             data_seconds += time.perf_counter() - waited
-            with autocast(device, config.precision):
-                pred = net(field)
+            with runtime.autocast(device, config.precision):
+                pred = step_net(runtime.to_memory_format(field, config.memory_format))
             parts = loss_fn.components(pred, chi, field)
             optimizer.zero_grad(set_to_none=True)
             finite = bool(torch.isfinite(parts["total"]))
@@ -277,61 +208,62 @@ def _train(config: Config, out: Path, progress: bool, force: bool, on_finish, co
                 finite = context.mean([float(finite)])[0] == 1.0
             if finite:
                 parts["total"].backward()
-                finite = _grads_finite(model)
+                finite = bool(torch.isfinite(_clip_and_norm(model, config.grad_clip)))
             if not finite:
                 if config.nonfinite == "stop":
-                    if context.is_main:
-                        _write_failure(out, epoch, iteration, rows)
-                    raise NonFiniteError(
-                        f"non-finite loss or gradient at epoch {epoch}, iteration {iteration}; training stopped, "
-                        f"last good checkpoint: {out / LAST_FILE if rows else 'none (first epoch)'}")
+                    return _diverged(run, config, context, rows, epoch, iteration, last_finite, bar)
                 skipped += 1
             else:
                 optimizer.step()
                 steps += 1
                 for key in sums:
                     sums[key] += parts[key].item()
+                last_finite = parts["total"].item()
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{parts['total'].item():.4f}", refresh=False)
             waited = time.perf_counter()
         if steps == 0:
-            if context.is_main:
-                _write_failure(out, epoch, config.iterations, rows)
-            raise NonFiniteError(f"every step of epoch {epoch} was non-finite and skipped; training stopped")
+            return _diverged(run, config, context, rows, epoch, config.iterations, last_finite, bar)
         means = context.mean([sums["total"] / steps, sums["chi"] / steps, sums["field"] / steps])
         if not context.is_main:
             context.barrier()  # rank 0 validates and writes
             continue
-        val = validate(model, val_maps, loss_fn, device, config.precision)
+        val_started = time.perf_counter()
+        val = validate(model, val_maps, loss_fn, device, config.precision, config.memory_format)
         rows.append({
             "epoch": epoch, "iterations": config.iterations,
             "train_loss": means[0], "train_chi": means[1], "train_field": means[2],
             "val_loss": val["val_loss"], "val_nrmse": val["val_nrmse"], "dead_fraction": val["dead_fraction"],
             "skipped_steps": skipped, "seconds": time.perf_counter() - started, "data_seconds": data_seconds,
-            "peak_mem_mb": peak_memory_mb(device),
+            "val_seconds": time.perf_counter() - val_started, "peak_mem_mb": runtime.peak_memory_mb(device),
         })
         bar.set_postfix(epoch=epoch, val_nrmse=f"{val['val_nrmse']:.1f}%", refresh=True)
         state = {"model": model.state_dict(), "epoch": epoch, "config": config.to_dict(), "history": rows,
                  "dead_per_layer": val["dead_per_layer"]}
-        if epoch in (config.early, config.epochs):
-            io.save_torch(out / checkpoint_name(epoch), state)
-        io.save_torch(out / LAST_FILE, {**state, "optimizer": optimizer.state_dict()})
-        _write_history(out, rows)
+        run.save_epoch(state, optimizer.state_dict(), rows, keep_checkpoint=epoch in (config.early, config.epochs))
         context.barrier()
     bar.close()
     context.broadcast_buffers(model)
+    if context.is_main:
+        run.mark(FINISHED, epochs=config.epochs)
     if on_finish is not None:
         on_finish(model)
     return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this process so far in MiB: CUDA max allocated on a GPU, else peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def _diverged(run: RunFolder, config: Config, context: distributed.Context, rows: list[dict], epoch: int,
+              iteration: int, last_finite_loss: float | None, bar) -> pd.DataFrame:
+    """End the run as diverged: history up to the last good epoch, then the marker with where and what."""
+    bar.close()
+    if context.is_main:
+        last = rows[-1] if rows else {}
+        run.write_history(rows)
+        run.mark(DIVERGED, epoch=epoch, iteration=iteration, last_good_epoch=last.get("epoch"),
+                 last_finite={key: last[key] for key in ("train_loss", "val_loss", "val_nrmse") if key in last},
+                 last_finite_step_loss=last_finite_loss)
+        _log(f"train {config.variant} ({config.arm}, seed {config.seed}): diverged (non-finite loss or gradient) at "
+             f"epoch {epoch}, iteration {iteration}; a result, recorded in {run.file(run.DONE)}")
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
 
 
 def _progress_bar(config: Config, start_epoch: int, enabled: bool):
@@ -342,25 +274,4 @@ def _progress_bar(config: Config, start_epoch: int, enabled: bool):
                 disable=not enabled, mininterval=2, unit="it", dynamic_ncols=True)
 
 
-def _write_history(out: Path, rows: list[dict]) -> None:
-    io.write_text(out / HISTORY_FILE, pd.DataFrame(rows, columns=HISTORY_COLUMNS).to_csv(index=False))
-
-
-def _write_failure(out: Path, epoch: int, iteration: int, rows: list[dict]) -> None:
-    io.write_json(out / FAILED_FILE, {"reason": "non-finite loss or gradient", "epoch": epoch, "iteration": iteration,
-                                       "last_good_epoch": rows[-1]["epoch"] if rows else None})
-
-
-def is_finished(out: str | Path, config: Config) -> bool:
-    """True when ``out`` holds the final checkpoint of ``config``'s run."""
-    return (Path(out) / checkpoint_name(config.epochs)).exists() and not (Path(out) / FAILED_FILE).exists()
-
-
-def read_history(out: str | Path) -> pd.DataFrame:
-    """The history table of a run folder (empty frame with the columns if there is none)."""
-    path = Path(out) / HISTORY_FILE
-    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=HISTORY_COLUMNS)
-
-
-__all__ = ["train", "validate", "build_model", "load_checkpoint", "load_model_state", "NonFiniteError",
-           "ActivationRecorder", "resolve_device", "autocast", "is_finished", "read_history", "checkpoint_name"]
+__all__ = ["train", "validate", "build_model", "ActivationRecorder"]

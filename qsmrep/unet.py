@@ -8,12 +8,13 @@
   encoder skip of the same level, two 3×3×3 convolutions with the activation;
 * a final 1×1×1 linear convolution to one output channel (χ in ppm).
 
-Choices where the paper is silent (all settings): batch normalisation after each convolution,
-before the activation, as in the 3D U-Net of Çiçek et al. 2016 (the 3D form of the "standard
-U-Net") and the QSM networks the paper builds on (QSMnet, QSMGAN). ``norm="none"`` gives
-Ronneberger's 2D original without normalisation; measured here on the ``cpu`` profile, that
-setting let the 16-channel leaky-ReLU model diverge at epoch 10 (training loss 0.08 → 303) under
-the paper's learning rate. He initialisation
+Choices where the paper is silent (all settings): the normalisation is the study's *arm*
+(:data:`qsmrep.registry.ARMS`). ``norm="none"`` (the default) is the "standard U-Net" the paper names
+and cites, Ronneberger et al. 2015, which has no normalisation layers; ``norm="batch"`` puts batch
+normalisation after each convolution, before the activation, as the 3D U-Net of Çiçek et al. 2016
+and the QSM networks the paper builds on (QSMnet, QSMGAN). Batch normalisation re-centres every
+pre-activation and so removes most "dying ReLU" units, the mechanism of the paper's discussion;
+both arms are trained and reported side by side. He initialisation
 (Kaiming-normal weights with std √(2/fan-in), zero biases), which Ronneberger et al. prescribe for
 the U-Net the paper cites. Measured here: without normalisation, He-initialised ELU networks start
 with outputs about ten times the scale of the target (ELU's positive mean compounds over the
@@ -26,12 +27,13 @@ output is cropped back to the input size.
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from qsmrep import registry
 
 # name → (layer class, default parameters). Leaky slope 0.2 as QSMGAN (paper: "α=-0.2"), ELU α = 1.
 ACTIVATIONS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
@@ -44,7 +46,6 @@ ACTIVATIONS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "mish": (nn.Mish, {}),
 }
 
-INITS = ("default", "he")
 
 ActivationSpec = Union[str, tuple[str, dict[str, Any]]]
 
@@ -59,9 +60,8 @@ def _split_spec(spec: ActivationSpec, params: dict | None = None) -> tuple[str, 
     given.update(params or {})
     key = name.lower().replace("-", "_")
     if key not in ACTIVATIONS:
-        close = difflib.get_close_matches(key, ACTIVATIONS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"activation: unknown {name!r}{hint}; valid names: {', '.join(ACTIVATIONS)}")
+        raise ValueError(f"activation: unknown {name!r}{registry.did_you_mean(key, ACTIVATIONS)}; "
+                         f"valid names: {', '.join(ACTIVATIONS)}")
     return key, given
 
 
@@ -86,19 +86,29 @@ def check_activation(spec: ActivationSpec, params: dict | None = None) -> None:
 
 
 def _norm_layer(norm: str, channels: int) -> nn.Module:
+    registry.check_choice("norm", norm, registry.NORMS)
     if norm == "none":
         return nn.Identity()
     if norm == "batch":
         return nn.BatchNorm3d(channels)
     if norm == "instance":
         return nn.InstanceNorm3d(channels, affine=True)
-    if norm == "group":
-        return nn.GroupNorm(min(8, channels), channels)
-    raise ValueError(f"norm: unknown {norm!r}; valid: none, batch, instance, group")
+    return nn.GroupNorm(min(8, channels), channels)
+
+
+#: CPU bf16 convolutions on inputs this thin (first spatial extent) run in fp32 instead, see DoubleConv
+CPU_BF16_MIN_DEPTH = 3
 
 
 class DoubleConv(nn.Sequential):
-    """(conv 3×3×3 → norm → activation) × 2; (N, in, X, Y, Z) → (N, out, X, Y, Z)."""
+    """(conv 3×3×3 → norm → activation) × 2; (N, in, X, Y, Z) → (N, out, X, Y, Z).
+
+    Under CPU bf16 autocast, an input whose first spatial extent is below :data:`CPU_BF16_MIN_DEPTH`
+    (the 2³ bottleneck of a 32³ patch) is convolved in fp32: oneDNN's bf16 weight gradient of a 3³
+    convolution on an input of depth 2 is wrong on AVX512-BF16 CPUs (measured with torch 2.13 on an
+    AMD EPYC Zen 4: nondeterministic, values up to 1e37 or NaN; input gradient and output are fine).
+    These levels hold a tiny share of the FLOPs, so the cost is negligible.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, activation: ActivationSpec, norm: str):
         super().__init__(
@@ -110,6 +120,12 @@ class DoubleConv(nn.Sequential):
             make_activation(activation),
         )
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.shape[2] < CPU_BF16_MIN_DEPTH and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
 
 class UNet3D(nn.Module):
     """3D U-Net: field (N, 1, X, Y, Z) in ppm → susceptibility (N, 1, X, Y, Z) in ppm.
@@ -118,21 +134,20 @@ class UNet3D(nn.Module):
         initial_channels: channels of the first level (paper: 16 or 32); doubled per level.
         depth: number of levels including the bottleneck (paper: 5).
         activation: registry name or ``(name, params)``, see :data:`ACTIVATIONS`.
-        norm: ``batch`` (default), ``none``, ``instance`` or ``group``.
+        norm: ``none`` (default, the standard U-Net), ``batch``, ``instance`` or ``group``.
         init: ``he`` (Kaiming-normal weights, zero biases; Ronneberger 2015) or ``default`` (PyTorch's).
         in_channels, out_channels: 1 and 1 for dipole inversion.
     """
 
     def __init__(self, initial_channels: int = 16, depth: int = 5, activation: ActivationSpec = "elu",
-                 norm: str = "batch", init: str = "he", in_channels: int = 1, out_channels: int = 1):
+                 norm: str = registry.DEFAULT_ARM, init: str = "he", in_channels: int = 1, out_channels: int = 1):
         super().__init__()
         if not isinstance(initial_channels, int) or initial_channels < 1:
             raise ValueError(f"initial_channels: must be an integer ≥ 1, got {initial_channels!r}")
         if not isinstance(depth, int) or not 1 <= depth <= 7:
             raise ValueError(f"depth: must be an integer in 1..7, got {depth!r}")
         _norm_layer(norm, 8)
-        if init not in INITS:
-            raise ValueError(f"init: {init!r} is not one of {list(INITS)}")
+        registry.check_choice("init", init, registry.INITS)
         check_activation(activation)
         self.depth = depth
         self.activation_spec = _split_spec(activation)

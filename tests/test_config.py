@@ -4,11 +4,13 @@ import dataclasses
 
 import pytest
 
+from qsmrep import registry, runtime
 from qsmrep.config import PROFILES, Config, parse_assignments
+from qsmrep.synth import SynthSettings
 
 
 def test_profiles_exist():
-    assert set(PROFILES) == {"smoke", "cpu", "paper"}
+    assert set(PROFILES) == {"smoke", "cpu", "gpu", "paper"} == set(registry.PROFILE_NAMES)
     for name in PROFILES:
         cfg = Config.from_profile(name)
         assert cfg.profile == name
@@ -21,7 +23,7 @@ def test_paper_profile_is_the_paper():
     assert p.iterations == 250  # 250 × 4 patches = one pass over the 1000 maps
     assert (p.lr, p.weight_decay, p.lam) == (1e-3, 0.01, 1.0)
     assert (p.depth, p.chi_norm, p.field_norm) == (5, "l1", "l1")
-    assert p.precision == "fp32"
+    assert (p.precision, p.memory_format, p.compile, p.norm) == ("auto", "auto", "auto", "none")
 
 
 def test_cpu_and_smoke_profiles():
@@ -39,7 +41,7 @@ def test_cpu_and_smoke_profiles():
 def test_variant_and_model_kwargs():
     cfg = Config.from_profile("smoke", activation="leaky_relu", initial_channels=32)
     assert cfg.variant == "leaky_relu32"
-    assert cfg.model_kwargs() == dict(initial_channels=32, depth=5, activation=("leaky_relu", {}), norm="batch", init="he")
+    assert cfg.model_kwargs() == dict(initial_channels=32, depth=5, activation=("leaky_relu", {}), norm="none", init="he")
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
@@ -138,3 +140,40 @@ def test_depth_changes_divisibility():
     assert Config.from_profile("smoke", depth=3, patch_size=12).patch_size == 12
     with pytest.raises(ValueError, match="divisible"):
         Config.from_profile("smoke", depth=3, patch_size=10)
+
+
+def test_generator_settings_are_part_of_the_config(tmp_path):
+    cfg = Config.from_profile("smoke")
+    assert cfg.synth == SynthSettings() and cfg.to_dict()["synth"]["n_spheres"] == 80
+    changed = Config.from_profile("smoke", **parse_assignments(["synth.n_spheres=40", "synth.sigma=[0.001, 0.002]"]))
+    assert changed.synth == SynthSettings(n_spheres=40, sigma=(0.001, 0.002))
+    (tmp_path / "c.yaml").write_text(changed.to_yaml())
+    assert Config.load(tmp_path / "c.yaml") == changed
+    assert Config.from_profile("smoke", synth={"overlap": "overwrite"}).synth.overlap == "overwrite"
+    with pytest.raises(ValueError, match=r"synth\.n_sphere: not a generator setting \(did you mean 'n_spheres'\?\)"):
+        parse_assignments(["synth.n_sphere=3"])
+    with pytest.raises(ValueError, match="synth"):
+        Config.from_profile("smoke", synth={"n_spheres": -1})
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, sound, expected", [
+    (False, False, True, ("fp32", "contiguous")),  # an AVX2-only CPU (e.g. the AMD EPYC of the issue): bf16 would be emulated
+    (False, True, True, ("bf16", "channels_last")),  # AVX512-BF16 (AMD Zen 4, Intel Cooper Lake)
+    (True, False, True, ("bf16", "channels_last")),  # AMX tiles (Intel Sapphire Rapids)
+    (True, True, False, ("fp32", "contiguous")),  # native, but its bf16 convolutions fail the soundness probe
+])
+def test_precision_auto_follows_the_cpu(monkeypatch, amx, avx512_bf16, sound, expected):
+    monkeypatch.setattr(runtime.torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(runtime.torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(runtime, "cpu_bf16_sound", lambda: sound)
+    resolved = runtime.resolve(Config.from_profile("cpu", device="cpu"))
+    assert (resolved.precision, resolved.memory_format) == expected
+    assert (resolved.device, resolved.data_device, resolved.compile) == ("cpu", "cpu", "off")
+    explicit = runtime.resolve(Config.from_profile("cpu", device="cpu", precision="fp32"))
+    assert (explicit.precision, explicit.memory_format) == ("fp32", "contiguous")  # an explicit choice is kept
+
+
+def test_cuda_requested_without_a_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(runtime.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device: 'cuda' requested but no CUDA device"):
+        runtime.resolve(Config.from_profile("smoke", device="cuda"))

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from qsmrep.config import Config
-from qsmrep.train import HISTORY_FILE, train
+from qsmrep.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = """
@@ -38,13 +38,13 @@ def _torchrun(tmp_path, norm):
     rank0 = torch.load(out / "rank0.weights", weights_only=True)
     rank1 = torch.load(out / "rank1.weights", weights_only=True)
     assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)  # parameters and buffers
-    assert pd.read_csv(out / HISTORY_FILE).epoch.tolist() == [1, 2]
+    assert pd.read_csv(out / "history.csv").epoch.tolist() == [1, 2]
     return rank0
 
 
 @pytest.mark.slow
 def test_two_process_training_keeps_ranks_identical(tmp_path):
-    _torchrun(tmp_path, "batch")  # the default; on CPUs each rank normalises its own share of the batch
+    _torchrun(tmp_path, "batch")  # on CPUs each rank normalises its own share of the batch
     rank0 = _torchrun(tmp_path, "none")
     # without batch statistics, one process on the same four patches per iteration reaches the same
     # weights (up to summation order)

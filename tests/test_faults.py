@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
-from qsmrep.train import TIMING_COLUMNS
+from qsmrep.runfolder import TIMING_COLUMNS, RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--profile", "smoke", "--activation", "elu", "--channels", "4", "--set", "depth=3", "--device", "cpu", "--seed", "3"]
@@ -102,7 +102,52 @@ def test_sigkill_three_times_then_identical_to_uninterrupted(reference, tmp_path
     for name in ("last.pt", "epoch_002.pt", "epoch_010.pt"):
         assert_same_weights(out / name, reference / name)
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".")]
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "epoch_002.pt", "epoch_010.pt", "history.csv", "last.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["DONE.json", "config.yaml", "epoch_002.pt", "epoch_010.pt", "history.csv",
+                                                     "last.pt", "run.json", "train.lock"]
+
+
+# A kill between the final epoch's writes: after its checkpoint (before last.pt), after last.pt (before the
+# history), after the history (before the completion marker). On the old layout, where a run counted as finished
+# once epoch_<last>.pt existed, the first two left a run reported finished whose history lacked the last epoch.
+KILL_AT = """
+import os, signal, sys
+from qsmrep import io
+from qsmrep.__main__ import main
+point = sys.argv[1]
+save_torch, write_text = io.save_torch, io.write_text
+def killing_save(path, obj):
+    if point == "after-checkpoint" and os.path.basename(str(path)) == "last.pt" and obj["epoch"] == 10:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save_torch(path, obj)
+def killing_write(path, text):
+    name = os.path.basename(str(path))
+    if (point == "after-last" and name == "history.csv" and text.count(chr(10)) == 11) or \
+       (point == "after-history" and name == "DONE.json"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return write_text(path, text)
+io.save_torch, io.write_text = killing_save, killing_write  # write_json writes through write_text
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("point", ["after-checkpoint", "after-last", "after-history"])
+def test_sigkill_between_the_last_writes_is_resumed_not_finished(reference, tmp_path, point):
+    out = tmp_path / "run"
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_AT)
+    proc = subprocess.run([sys.executable, str(script), point, "train", *TINY, "--out", str(out), "--no-progress"],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    folder = RunFolder(out)
+    assert folder.status() == "partial" and not folder.is_finished()
+    proc = run_cli("train", *TINY, "--out", out, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert folder.is_finished() and folder.status() == "finished"
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["epoch"]) == list(range(1, 11))
+    pd.testing.assert_frame_equal(history.drop(columns=TIMING), pd.read_csv(reference / "history.csv").drop(columns=TIMING))
+    for name in ("last.pt", "epoch_010.pt"):
+        assert_same_weights(out / name, reference / name)
 
 
 def test_finished_run_started_again_does_nothing(reference):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from qsmrep.loss import PhysicsInformedLoss
-from qsmrep.physics import forward_field
+from qsmrep.physics import DipolePhysics, forward_field
 
 
 def _data(seed=0, shape=(2, 1, 12, 10, 8)):
@@ -69,9 +69,14 @@ def test_voxel_size_and_b0_are_used():
     pred, chi = _data(4)
     field = forward_field(chi)
     a = PhysicsInformedLoss()(pred, chi, field)
-    b = PhysicsInformedLoss(b0_dir=(1.0, 0.0, 0.0))(pred, chi, field)
-    c = PhysicsInformedLoss(voxel_size=(1.0, 1.0, 2.0))(pred, chi, field)
+    b = PhysicsInformedLoss(physics=DipolePhysics(b0_dir=(1.0, 0.0, 0.0)))(pred, chi, field)
+    c = PhysicsInformedLoss(physics=DipolePhysics(voxel_size=(1.0, 1.0, 2.0)))(pred, chi, field)
     assert a.item() != b.item() and a.item() != c.item()
+    # the field term is the physics object's forward model
+    oblique = DipolePhysics((1.0, 0.9, 1.1), (0.3, 0.0, 1.0))
+    parts = PhysicsInformedLoss(physics=oblique).components(pred, chi, field)
+    expected = (forward_field(pred, (1.0, 0.9, 1.1), (0.3, 0.0, 1.0)) - forward_field(chi, (1.0, 0.9, 1.1), (0.3, 0.0, 1.0))).abs().mean()
+    assert parts["field"].item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_shape_mismatch():
@@ -112,4 +117,4 @@ def test_from_config():
     cfg = Config.from_profile("smoke", lam=0.5, chi_norm="mse", field_target="input", voxel_size=(1, 1, 2), b0_dir=(0, 1, 0))
     loss_fn = PhysicsInformedLoss.from_config(cfg)
     assert (loss_fn.lam, loss_fn.chi_norm, loss_fn.field_norm, loss_fn.field_target) == (0.5, "mse", "l1", "input")
-    assert loss_fn.voxel_size == (1.0, 1.0, 2.0) and loss_fn.b0_dir == (0.0, 1.0, 0.0)
+    assert loss_fn.physics == DipolePhysics((1.0, 1.0, 2.0), (0.0, 1.0, 0.0))

@@ -310,3 +310,21 @@ def test_bad_inputs_raise(f, ref, mask):
     const_in_mask = np.where(mask, 0.1, ref)
     with pytest.raises(ValueError, match="ref is constant"):
         f(ref, const_in_mask, mask)
+
+
+def test_nrmse_torch_matches_the_numpy_metric(ref, mask):
+    """The batched on-device NRMSE of validation equals the challenge metric, item by item."""
+    import torch
+
+    rng = np.random.default_rng(4)
+    preds = [ref * 0.8 + rng.normal(0, 0.05, ref.shape), ref + 0.3, rng.normal(0, 0.1, ref.shape)]
+    masks = [mask, mask, np.ones_like(mask)]
+    batch = torch.stack([torch.from_numpy(p).float() for p in preds])[:, None]
+    refs = torch.from_numpy(np.stack([ref] * 3)).float()[:, None]
+    got = M.nrmse_torch(batch, refs, torch.from_numpy(np.stack(masks))[:, None])
+    for value, p, m in zip(got.tolist(), preds, masks):
+        assert value == pytest.approx(M.nrmse(p.astype(np.float32), ref.astype(np.float32), m), rel=1e-6)
+    with pytest.raises(ValueError, match="same shape"):
+        M.nrmse_torch(batch, refs[:2], refs[:2] > 0)
+    with pytest.raises(ValueError, match="mask is empty"):
+        M.nrmse_torch(batch, refs, torch.zeros_like(refs, dtype=torch.bool))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from qsmrep.physics import DipoleOperator, dipole_kernel, forward_field, tikhonov, tkd
+from qsmrep.config import Config
+from qsmrep.physics import DipolePhysics, dipole_kernel, forward_field, tikhonov, tkd
 
 
 def np_kernel(shape, voxel_size, b0):
@@ -100,19 +101,32 @@ def test_linearity_and_adjoint():
     a, b = torch.randn(2, 12, 10, 14, generator=g, dtype=torch.float64)
     f = lambda x: forward_field(x, (1.0, 0.9, 1.2), (0.2, 0.1, 1.0))
     torch.testing.assert_close(f(2.5 * a - 0.7 * b), 2.5 * f(a) - 0.7 * f(b))
-    op = DipoleOperator((12, 10, 14), (1.0, 0.9, 1.2), (0.2, 0.1, 1.0), dtype=torch.float64)
-    torch.testing.assert_close(op(a), f(a))
+    op = DipolePhysics((1.0, 0.9, 1.2), (0.2, 0.1, 1.0))
+    torch.testing.assert_close(op.A(a), f(a))
     lhs = (op.A(a) * b).sum()
     rhs = (a * op.A_adjoint(b)).sum()
     assert abs(lhs - rhs) < 1e-10 * abs(lhs).clamp_min(1)
 
 
-def test_operator_buffer_and_shape_check():
-    op = DipoleOperator((8, 8, 8))
-    assert "half_kernel" in dict(op.named_buffers())
-    assert op.half_kernel.shape == (8, 8, 5)
-    with pytest.raises(ValueError, match="spatial shape"):
-        op(torch.zeros(8, 8, 9))
+def test_physics_object_carries_the_geometry_everywhere():
+    """One geometry object: its forward model, kernel and baselines all use its voxel size, B0 and padding."""
+    g = torch.Generator().manual_seed(3)
+    chi = torch.randn(10, 12, 14, generator=g, dtype=torch.float64)
+    physics = DipolePhysics((0.8, 1.0, 1.2), (1.0, 0.0, 0.0), pad=2)
+    assert physics.b0_dir == (1.0, 0.0, 0.0) and physics.b0_axis_name == "k_x"
+    torch.testing.assert_close(physics.A(chi), forward_field(chi, (0.8, 1.0, 1.2), (1, 0, 0), pad=2))
+    torch.testing.assert_close(physics.kernel((10, 12, 14), dtype=torch.float64),
+                               dipole_kernel((10, 12, 14), (0.8, 1.0, 1.2), (1, 0, 0), dtype=torch.float64))
+    field = physics.A(chi)
+    torch.testing.assert_close(physics.tkd(field), tkd(field, 0.19, (0.8, 1.0, 1.2), (1, 0, 0), pad=2))
+    torch.testing.assert_close(physics.tikhonov(field, 0.1), tikhonov(field, 0.1, (0.8, 1.0, 1.2), (1, 0, 0), pad=2))
+    config = Config.from_profile("smoke", voxel_size=(0.8, 1.0, 1.2), b0_dir=(2.0, 0.0, 0.0), field_pad=2)
+    assert DipolePhysics.from_config(config) == physics and hash(DipolePhysics.from_config(config)) == hash(physics)
+    assert DipolePhysics(b0_dir=(0.3, 0.0, 1.0)).b0_axis_name == "k·b̂"
+    with pytest.raises(ValueError, match="b0_dir"):
+        DipolePhysics(b0_dir=(0, 0, 0))
+    with pytest.raises(ValueError, match="pad"):
+        DipolePhysics(pad=-1)
 
 
 def test_rotating_b0_equals_permuting():
@@ -213,7 +227,7 @@ def test_bad_inputs():
         (lambda: tkd(x, threshold=float("nan")), "threshold"),
         (lambda: tikhonov(x, alpha=-1), "alpha"),
         (lambda: tikhonov(torch.zeros(3, 3)), "field"),
-        (lambda: DipoleOperator((4, 4, 4), b0_dir=(0, 0, 0)), "b0_dir"),
+        (lambda: DipolePhysics(b0_dir=(0, 0, 0)), "b0_dir"),
     ]
     for fn, name in cases:
         with pytest.raises(ValueError, match=name):

@@ -6,9 +6,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qsmrep.report import NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, epochs_to_reach, evaluate_claims, external_references, make_offline
-
-VARIANTS = [(a, c) for c in (16, 32) for a in ("relu", "leaky_relu", "elu")]
+from qsmrep.registry import PAPER_VARIANTS as VARIANTS
+from qsmrep.report import (
+    NOT_REPRODUCED,
+    NOT_TESTABLE,
+    NOT_TESTABLE_DIVERGED,
+    REPRODUCED,
+    compare_arms,
+    epochs_to_reach,
+    evaluate_claims,
+    external_references,
+    make_offline,
+    precision_guard,
+)
 
 
 def _histories(final_loss: dict, speed: dict, dead: dict, epochs: int = 20) -> pd.DataFrame:
@@ -85,6 +95,85 @@ def test_a_last_epoch_spike_decides_neither_c2_nor_c3():
     claims = evaluate_claims(histories, metrics, 5, 25).set_index("id")
     assert claims.loc["C3", "verdict"] == NOT_REPRODUCED and "= 1.00" in claims.loc["C3", "evidence"]
     assert "≤ 44.0 %" in claims.loc["C2", "evidence"]
+
+
+def test_c1_judges_the_end_level_not_the_last_epoch():
+    """A converged set of curves with a one-epoch spike at the very end still converged; a curve still falling
+    over its last 20 % did not."""
+    histories, metrics, costs = _paper_like()
+    spike = (histories.activation == "relu") & (histories.channels == 16) & (histories.epoch == 20)
+    spiked = histories.copy()
+    spiked.loc[spike, "val_loss"] = 3.0  # last value 7× the first: the old last/first rule said "not converged"
+    assert evaluate_claims(spiked, metrics, 4, 20, costs).set_index("id").loc["C1", "verdict"] == REPRODUCED
+    slow = histories.copy()
+    rows = (slow.activation == "elu") & (slow.channels == 32)
+    slow.loc[rows, "val_loss"] = 1.0 - 0.04 * slow.loc[rows, "epoch"]  # linear fall, still moving at the end
+    claims = evaluate_claims(slow, metrics, 4, 20, costs).set_index("id")
+    assert claims.loc["C1", "verdict"] == NOT_REPRODUCED and "elu32" in claims.loc["C1", "evidence"]
+
+
+def test_a_diverged_model_makes_the_claims_that_need_it_not_testable():
+    histories, metrics, costs = _paper_like()
+    gone = (histories.activation == "leaky_relu") & (histories.channels == 16)
+    histories = histories[~gone | (histories.epoch <= 9)]
+    metrics = metrics[~((metrics.activation == "leaky_relu") & (metrics.channels == 16) & (metrics.epoch == 20))]
+    status = pd.DataFrame([{"arm": "none", "activation": a, "channels": c, "seed": 0,
+                            "status": "diverged" if (a, c) == ("leaky_relu", 16) else "finished",
+                            "diverged_epoch": 10 if (a, c) == ("leaky_relu", 16) else None,
+                            "last_finite_val_nrmse": 55.5 if (a, c) == ("leaky_relu", 16) else None} for a, c in VARIANTS])
+    claims = evaluate_claims(histories, metrics, 4, 20, costs, status).set_index("id")
+    for cid in ("C1", "C2", "C3"):  # they need leaky ReLU 16
+        assert claims.loc[cid, "verdict"] == NOT_TESTABLE_DIVERGED
+        assert "leaky_relu16 seed 0 at epoch 10" in claims.loc[cid, "evidence"] and "55.5 %" in claims.loc[cid, "evidence"]
+    for cid in ("C4", "C5", "C6", "C7", "C8"):  # they do not
+        assert claims.loc[cid, "verdict"] == REPRODUCED, cid
+    # a divergence before the early checkpoint makes C6 untestable too when it hits ELU16 or ReLU16
+    status.loc[(status.activation == "relu") & (status.channels == 16), ["status", "diverged_epoch"]] = ["diverged", 3]
+    claims = evaluate_claims(histories, metrics, 4, 20, costs, status).set_index("id")
+    assert claims.loc["C6", "verdict"] == NOT_TESTABLE_DIVERGED
+
+
+def test_compare_arms_names_the_claims_that_change():
+    a = pd.DataFrame({"id": ["C1", "C3", "C8"], "verdict": [REPRODUCED, REPRODUCED, REPRODUCED]})
+    b = pd.DataFrame({"id": ["C1", "C3", "C8"], "verdict": [REPRODUCED, NOT_REPRODUCED, NOT_REPRODUCED]})
+    table, text = compare_arms({"none": a, "batch": b})
+    assert list(table.columns) == ["id", "none", "batch"] and len(table) == 3
+    assert "C3 is reproduced without normalisation (the standard U-Net) but not reproduced with batch normalisation" in text
+    assert "C8 is" in text and "The verdicts of C1 are the same in both arms" in text
+
+
+def test_precision_guard_statistic():
+    def runs(level, arms=("none", "batch")):
+        return pd.DataFrame([{"arm": arm, "activation": a, "channels": c, "seed": 0, "epoch": e, "status": "finished",
+                              "precision": "bf16", "val_nrmse": level(a, c) * (1 + 0.5 / e), "seconds": 1.0}
+                             for arm in arms for a, c in VARIANTS for e in range(1, 11)])
+    fp32 = runs(lambda a, c: 40.0).assign(seconds=2.0, precision="fp32")
+    jitter = {k: d for k, d in zip(VARIANTS, (0.004, -0.003, 0.002, -0.001, 0.003, -0.002))}
+    table, verdict = precision_guard(runs(lambda a, c: 40.0 * (1 + jitter[(a, c)])), fp32)
+    assert len(table) == 12 and verdict["pairs"] == 12 and verdict["verdict"] == "holds"
+    assert verdict["speedup"] == pytest.approx(2.0) and verdict["max_abs"] == pytest.approx(0.004, rel=1e-6)
+    _, worse = precision_guard(runs(lambda a, c: 40.0 * 1.05), fp32)
+    assert worse["verdict"] == "fails" and worse["mean"] == pytest.approx(0.05)
+    noisy = {k: d for k, d in zip(VARIANTS, (0.05, -0.05, 0.04, -0.04, 0.03, -0.03))}
+    _, undecided = precision_guard(runs(lambda a, c: 40.0 * (1 + noisy[(a, c)]), arms=("none",)),
+                                   fp32[fp32.arm == "none"])
+    assert undecided["verdict"] == "undecided"
+
+
+def test_figure_2d_writes_the_configured_loss():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from qsmrep.figures import plot_convergence
+
+    histories, _, _ = _paper_like()
+    texts = lambda fig: " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
+    default = texts(plot_convergence(histories, 4, lam=1.0))
+    assert r"\Vert \hat\chi-\chi\Vert_1" in default and "k_{z}" in default and r"d\ast\chi" in default
+    other = texts(plot_convergence(histories, 4, lam=0.5, chi_norm="mse", field_norm="l1", b0_axis="k_x",
+                                   field_target="input"))
+    assert r"\Vert_2^2" in other and "k_{x}" in other and r"\hat\chi-B" in other and r"\lambda=0.5" in other
+    assert "k_{z}" not in other and "squared error" in other
 
 
 def test_epochs_to_reach():

@@ -14,22 +14,23 @@ import pandas as pd
 import pytest
 import torch
 
+from qsmrep import runtime
 from qsmrep import train as train_mod
 from qsmrep.config import Config
+from qsmrep.data import SyntheticMaps
 from qsmrep.evaluate import evaluate_checkpoint, evaluate_runs, load_model
 from qsmrep.loss import PhysicsInformedLoss
 from qsmrep.metrics import METRICS
-from qsmrep.train import (
+from qsmrep.physics import forward_field
+from qsmrep.runfolder import (
     HISTORY_COLUMNS,
     TIMING_COLUMNS,
-    NonFiniteError,
+    RunFolder,
     checkpoint_name,
-    is_finished,
     load_checkpoint,
     load_model_state,
-    read_history,
-    train,
 )
+from qsmrep.train import train
 
 TINY = dict(initial_channels=4, depth=3, device="cpu")
 
@@ -53,6 +54,14 @@ def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
     history = train(cfg, out, progress=False)
     return cfg, out, history
+
+
+def read_history(out) -> pd.DataFrame:
+    return RunFolder(out).history()
+
+
+def is_finished(out, cfg) -> bool:
+    return RunFolder(out).is_finished(runtime.resolve(cfg))
 
 
 def _numbers(history: pd.DataFrame) -> pd.DataFrame:
@@ -114,13 +123,14 @@ def test_run_folder_layout(reference):
         assert column in on_disk.columns
     assert list(on_disk.columns) == HISTORY_COLUMNS
     pd.testing.assert_frame_equal(on_disk, history, check_dtype=False)
-    assert Config.load(out / "config.yaml") == cfg
+    assert Config.load(out / "config.yaml") == runtime.resolve(cfg)  # the resolved configuration
     assert (out / checkpoint_name(cfg.early)).is_file() and cfg.early == 2
     assert (out / checkpoint_name(cfg.epochs)).is_file()
-    assert (out / "last.pt").is_file() and not (out / "FAILED.json").exists()
+    assert (out / "last.pt").is_file() and json.loads((out / "DONE.json").read_text())["status"] == "finished"
+    assert json.loads((out / "run.json").read_text())["generator"] == train_mod.GENERATOR_VERSION
     assert is_finished(out, cfg)
     early = load_checkpoint(out / checkpoint_name(cfg.early))
-    assert early["epoch"] == cfg.early and Config.from_dict(early["config"]) == cfg
+    assert early["epoch"] == cfg.early and Config.from_dict(early["config"]) == runtime.resolve(cfg)
     assert len(early["history"]) == cfg.early
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
     umask = os.umask(0)
@@ -152,17 +162,17 @@ def test_different_config_in_same_folder_is_refused(reference):
 def test_interrupted_and_resumed_run_is_identical(reference, tmp_path, monkeypatch):
     cfg, ref_out, ref_history = reference
     # 1) stop right after epoch 3 was fully written
-    original = train_mod._write_history
+    original = RunFolder.write_history
 
-    def write_then_die(out, rows):
-        original(out, rows)
+    def write_then_die(self, rows):
+        original(self, rows)
         if len(rows) == 3:
             raise _Boom("after epoch 3")
 
-    monkeypatch.setattr(train_mod, "_write_history", write_then_die)
+    monkeypatch.setattr(RunFolder, "write_history", write_then_die)
     with pytest.raises(_Boom):
         train(cfg, tmp_path, progress=False)
-    monkeypatch.setattr(train_mod, "_write_history", original)
+    monkeypatch.setattr(RunFolder, "write_history", original)
     assert len(read_history(tmp_path)) == 3
     # 2) crash in the middle of epoch 6 (iteration 2 of 4): epochs 4, 5 are kept
     _inject(monkeypatch, at_call=2 * cfg.iterations + 2, kind="raise")
@@ -179,34 +189,89 @@ def test_interrupted_and_resumed_run_is_identical(reference, tmp_path, monkeypat
         _assert_same_weights(tmp_path / name, ref_out / name)
 
 
-# ------------------------------------------------------------------ non-finite numbers
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+# ------------------------------------------------------------------ resume refuses what would mix
+def test_resume_refuses_other_precision_device_generator_or_generator_settings(reference, tmp_path):
+    import shutil
+
+    cfg, out, _ = reference
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    saved = runtime.resolve(cfg)
+    other = "fp32" if saved.precision == "bf16" else "bf16"
+    with pytest.raises(ValueError, match=f"precision: '{saved.precision}' there, '{other}' now"):
+        train(cfg.replace(precision=other), run, progress=False)
+    with pytest.raises(ValueError, match="synth"):  # the generator's settings are part of the saved config
+        train(cfg.replace(synth={"n_spheres": 10}), run, progress=False)
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text.replace("device: cpu", "device: cuda"))
+    with pytest.raises(ValueError, match="device: 'cuda' there, 'cpu' now"):
+        train(cfg, run, progress=False)
+    (run / "config.yaml").write_text(text)
+    meta = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**meta, "generator": "numpy-0"}))
+    with pytest.raises(ValueError, match="generator 'numpy-0'"):
+        train(cfg, run, progress=False)
+    assert "n_spheres: 80" in (out / "config.yaml").read_text()
+
+
+def test_device_data_path_matches_cached_maps(reference, tmp_path):
+    """Maps rendered per batch (the GPU data path, here on the CPU) train exactly like maps cached once."""
+    cfg, out, ref_history = reference
+    history = train(cfg.replace(cache_maps=False, num_workers=0, epochs=3, early_epoch=1), tmp_path, progress=False)
+    pd.testing.assert_frame_equal(_numbers(history), _numbers(ref_history).iloc[:3], check_exact=False, rtol=1e-4)
+
+
+def test_geometry_reaches_the_generator():
+    cfg = tiny(b0_dir=(1.0, 0.0, 0.0), voxel_size=(1.0, 1.0, 1.5))
+    maps = SyntheticMaps.from_config(cfg, "val", "cpu")
+    sample = maps[0]
+    torch.testing.assert_close(sample["field"][0], forward_field(sample["chi"][0], (1.0, 1.0, 1.5), (1.0, 0.0, 0.0)))
+    default = SyntheticMaps.from_config(tiny(), "val", "cpu")[0]
+    torch.testing.assert_close(sample["chi"], default["chi"])  # same picture, other field
+    assert not torch.allclose(sample["field"], default["field"])
+
+
+def test_gradient_clipping_caps_the_global_norm():
+    model = torch.nn.Linear(4, 3)
+    model(torch.randn(5, 4) * 100).square().sum().backward()
+    before = train_mod._clip_and_norm(model, 0.0)  # 0: the norm, nothing clipped
+    assert before > 1.0
+    assert train_mod._clip_and_norm(model, 0.0) == pytest.approx(before.item())
+    train_mod._clip_and_norm(model, 1.0)
+    after = torch.sqrt(sum(p.grad.square().sum() for p in model.parameters()))
+    assert after.item() == pytest.approx(1.0, rel=1e-5)
+    assert tiny(grad_clip=0.5).grad_clip == 0.5
+
+
+# ------------------------------------------------------------------ non-finite numbers: a diverged run is a result
+def test_nan_loss_ends_the_run_as_diverged(tmp_path, monkeypatch):
     cfg = tiny(epochs=4, early_epoch=1)
     _inject(monkeypatch, at_call=2 * cfg.iterations + 2, kind="loss")  # epoch 3, iteration 2
-    with pytest.raises(NonFiniteError) as info:
-        train(cfg, tmp_path, progress=False)
-    message = str(info.value)
-    assert "epoch 3" in message and "iteration 2" in message
-    failed = json.loads((tmp_path / "FAILED.json").read_text())
-    assert (failed["epoch"], failed["iteration"], failed["last_good_epoch"]) == (3, 2, 2)
+    history = train(cfg, tmp_path, progress=False)
+    assert list(history["epoch"]) == [1, 2]
+    done = json.loads((tmp_path / "DONE.json").read_text())
+    assert (done["status"], done["epoch"], done["iteration"], done["last_good_epoch"]) == ("diverged", 3, 2, 2)
+    assert done["last_finite"]["val_nrmse"] == pytest.approx(history["val_nrmse"].iloc[-1])
     last = load_checkpoint(tmp_path / "last.pt")
     assert last["epoch"] == 2
     assert all(torch.isfinite(t).all() for t in last["model"].values())
     assert list(read_history(tmp_path)["epoch"]) == [1, 2]
-    assert not is_finished(tmp_path, cfg)
-    # started again without the fault, the run resumes from epoch 3 and clears the failure mark
+    assert is_finished(tmp_path, cfg) and RunFolder(tmp_path).status() == "diverged"
+    assert (tmp_path / checkpoint_name(1)).exists() and not (tmp_path / checkpoint_name(4)).exists()
+    # a complete (diverged) run started again is returned as it is; force starts it from scratch
     monkeypatch.undo()
-    history = train(cfg, tmp_path, progress=False)
-    assert list(history["epoch"]) == [1, 2, 3, 4]
-    assert not (tmp_path / "FAILED.json").exists() and is_finished(tmp_path, cfg)
+    assert list(train(cfg, tmp_path, progress=False)["epoch"]) == [1, 2]
+    assert list(train(cfg, tmp_path, progress=False, force=True)["epoch"]) == [1, 2, 3, 4]
+    assert RunFolder(tmp_path).status() == "finished"
 
 
-def test_nan_gradient_stops(tmp_path, monkeypatch):
+def test_nan_gradient_in_the_first_epoch(tmp_path, monkeypatch):
     cfg = tiny(epochs=2, early_epoch=1)
     _inject(monkeypatch, at_call=3, kind="grad")  # epoch 1, iteration 3
-    with pytest.raises(NonFiniteError, match="epoch 1, iteration 3"):
-        train(cfg, tmp_path, progress=False)
-    assert json.loads((tmp_path / "FAILED.json").read_text())["last_good_epoch"] is None
+    history = train(cfg, tmp_path, progress=False)
+    assert len(history) == 0
+    done = json.loads((tmp_path / "DONE.json").read_text())
+    assert (done["status"], done["epoch"], done["iteration"], done["last_good_epoch"]) == ("diverged", 1, 3, None)
     assert not (tmp_path / "last.pt").exists()
 
 
@@ -215,7 +280,7 @@ def test_nonfinite_skip_records_skipped_steps(tmp_path, monkeypatch):
     _inject(monkeypatch, at_call=cfg.iterations + 3, kind="grad")  # epoch 2, iteration 3
     history = train(cfg, tmp_path, progress=False)
     assert list(history["skipped_steps"]) == [0, 1]
-    assert not (tmp_path / "FAILED.json").exists()
+    assert RunFolder(tmp_path).status() == "finished"
     weights = load_checkpoint(tmp_path / "last.pt")["model"]
     assert all(torch.isfinite(t).all() for t in weights.values())
     assert np.isfinite(history[["train_loss", "val_loss"]].to_numpy()).all()
@@ -227,7 +292,8 @@ def test_evaluate_checkpoint(reference):
     table, arrays = evaluate_checkpoint(out / checkpoint_name(cfg.epochs), n_test=1, device="cpu")
     assert len(table) == 1
     row = table.iloc[0]
-    assert (row["model"], row["activation"], row["channels"], row["epoch"], row["map"]) == ("elu4", "elu", 4, cfg.epochs, 0)
+    assert (row["model"], row["arm"], row["activation"], row["channels"], row["epoch"], row["map"]) == \
+        ("elu4", cfg.arm, "elu", 4, cfg.epochs, 0)
     for metric in METRICS:
         assert np.isfinite(row[metric]), metric
     assert arrays["pred_0"].shape == (cfg.map_size,) * 3
@@ -252,6 +318,9 @@ def test_evaluate_runs_with_baselines(reference, tmp_path):
     # the trained model beats its early checkpoint
     nrmse = per_map.groupby("label")["nrmse"].mean()
     assert nrmse["elu4@10"] < nrmse["elu4@2"]
+    # checkpoints trained on other data than the test maps are refused, naming the field
+    with pytest.raises(ValueError, match="data_seed"):
+        evaluate_runs(checkpoints, tmp_path / "other", cfg.replace(data_seed=7), device="cpu")
 
 
 def test_load_refuses_other_architecture(reference, tmp_path):
@@ -286,3 +355,13 @@ def test_unwritable_output_folder(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ValueError, match="out: cannot write"):
         train(tiny(), tmp_path / "afile" / "sub", progress=False)
+
+
+def test_one_process_trains_in_a_folder_at_a_time(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    with folder.lock():
+        with pytest.raises(ValueError, match="another process is training"):
+            with RunFolder(tmp_path / "run").lock(wait_seconds=0.2):
+                pass
+    with RunFolder(tmp_path / "run").lock(wait_seconds=0.2):  # released when the holder leaves
+        pass

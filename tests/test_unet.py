@@ -170,12 +170,12 @@ PAPER_COUNTS_NO_NORM = {16: 5_644_913, 32: 22_575_329}
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu", "elu"])
 @pytest.mark.parametrize("channels", [16, 32])
 def test_parameter_count_of_paper_variants(activation, channels):
-    model = UNet3D(initial_channels=channels, depth=5, activation=activation)
+    model = UNet3D(initial_channels=channels, depth=5, activation=activation, norm="batch")
     n = count_parameters(model)
     print(f"{activation}{channels}: {n:,} parameters")
     assert _hand_count(channels) == PAPER_COUNTS[channels]
     assert n == PAPER_COUNTS[channels]
-    plain = count_parameters(UNet3D(initial_channels=channels, depth=5, activation=activation, norm="none"))
+    plain = count_parameters(UNet3D(initial_channels=channels, depth=5, activation=activation))  # default: the standard U-Net
     assert plain == _hand_count(channels, norm=False) == PAPER_COUNTS_NO_NORM[channels]
 
 
@@ -213,3 +213,27 @@ def test_he_initialisation_matches_ronneberger():
     assert torch.count_nonzero(default.encoders[0][0].bias) > 0  # PyTorch's default: uniform biases
     with pytest.raises(ValueError, match="init"):
         UNet3D(init="xavier")
+
+
+def test_thin_levels_run_in_fp32_under_cpu_bf16_autocast():
+    """oneDNN's bf16 weight gradient of a 3³ convolution on a depth-2 input is wrong on AVX512-BF16 CPUs; such
+    levels (the 2³ bottleneck of a 32³ patch) run in fp32, every other level in bf16, with gradients everywhere."""
+    from qsmrep.unet import CPU_BF16_MIN_DEPTH, DoubleConv
+
+    block = DoubleConv(4, 4, "elu", "none")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        thin = block(torch.randn(1, 4, CPU_BF16_MIN_DEPTH - 1, 4, 4))
+        thick = block(torch.randn(1, 4, CPU_BF16_MIN_DEPTH, 4, 4))
+    assert thin.dtype == torch.float32 and thick.dtype == torch.bfloat16
+    assert block(torch.randn(1, 4, 2, 2, 2)).dtype == torch.float32  # no autocast: unchanged
+    model = UNet3D(initial_channels=2, depth=5, activation="elu")
+    x = torch.randn(2, 1, 32, 32, 32)
+    grads = []
+    for _ in range(2):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = model(x)
+        y.float().square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name in grads[0]:  # repeatable and finite, the 2³ bottleneck included
+        assert torch.equal(grads[0][name], grads[1][name]) and torch.isfinite(grads[0][name]).all(), name

@@ -1,0 +1,87 @@
+"""The one place that lists the study's facts: the paper's variants, the arms, every option list.
+
+Everything else (configuration, command line, workflow, benchmark, estimate, report, results)
+reads these names from here, so a new activation, width, arm or profile is added once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from collections.abc import Iterable
+
+#: activations the paper compares, in the order its figures list them
+PAPER_ACTIVATIONS: tuple[str, ...] = ("relu", "leaky_relu", "elu")
+#: initial channels of the U-Net the paper compares
+PAPER_CHANNELS: tuple[int, ...] = (16, 32)
+#: the paper's six models as (activation, initial channels), 16 channels first
+PAPER_VARIANTS: tuple[tuple[str, int], ...] = tuple((a, c) for c in PAPER_CHANNELS for a in PAPER_ACTIVATIONS)
+#: the activation the paper recommends; the claims compare it against the others
+RECOMMENDED_ACTIVATION = "elu"
+
+#: arms of the study: the U-Net's normalisation layer. "none" is the paper's "standard U-Net"
+#: (Ronneberger et al. 2015); "batch" the 3D U-Net of Çiçek et al. 2016 (QSMnet). Default arm first.
+ARMS: tuple[str, ...] = ("none", "batch")
+DEFAULT_ARM = ARMS[0]
+#: every normalisation the U-Net can build (arms are a subset)
+NORMS: tuple[str, ...] = ("none", "batch", "instance", "group")
+
+#: named configuration presets (qsmrep.config.PROFILES holds their values)
+PROFILE_NAMES: tuple[str, ...] = ("smoke", "cpu", "gpu", "paper")
+
+#: option lists of the configuration
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+MEMORY_FORMATS: tuple[str, ...] = ("auto", "contiguous", "channels_last")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+LOSS_NORMS: tuple[str, ...] = ("l1", "mse")
+FIELD_TARGETS: tuple[str, ...] = ("label", "input")
+NONFINITE_POLICIES: tuple[str, ...] = ("stop", "skip")
+INITS: tuple[str, ...] = ("default", "he")
+COMPILE_MODES: tuple[str, ...] = ("auto", "off", "on")
+OVERLAP_MODES: tuple[str, ...] = ("add", "overwrite")
+
+#: the extended activation sweep at 16 channels (beyond the paper): (activation, parameters)
+SWEEP_CHANNELS = 16
+SWEEP: tuple[tuple[str, dict], ...] = (
+    ("leaky_relu", {"negative_slope": 0.01}), ("leaky_relu", {"negative_slope": 0.1}),
+    ("leaky_relu", {"negative_slope": 0.2}), ("leaky_relu", {"negative_slope": 0.3}),
+    ("elu", {"alpha": 0.5}), ("elu", {"alpha": 1.0}), ("elu", {"alpha": 2.0}),
+    ("gelu", {}), ("silu", {}), ("prelu", {}), ("mish", {}),
+)
+
+
+def variant_name(activation: str, channels: int) -> str:
+    """``"elu16"``-style short name of a variant."""
+    return f"{activation}{channels}"
+
+
+def did_you_mean(value, options: Iterable) -> str:
+    """`` (did you mean 'elu'?)`` for the closest option, or an empty string."""
+    close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_choice(name: str, value, options: Iterable) -> None:
+    """ValueError naming ``name``, the valid options and the closest one, unless ``value`` is an option."""
+    options = list(options)
+    if value not in options:
+        raise ValueError(f"{name}: {value!r} is not one of {options}{did_you_mean(value, options)}")
+
+
+_CHOICES = {"profile": PROFILE_NAMES, "arm": (*ARMS, "both")}
+
+
+def main(argv: list[str]) -> int:
+    """``python3 -m qsmrep.registry NAME VALUE``: exit 0 when VALUE is a valid NAME (profile, arm), else one
+    error line and exit 2. Needs no third-party package, so ``run_all.sh`` checks its options before set-up."""
+    name, value = argv
+    try:
+        check_choice(name, value, _CHOICES[name])
+    except ValueError as err:
+        print(f"run_all.sh: error: --{err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
