@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from qsmrep import registry
 from qsmrep.config import PROFILES, Config, parse_assignments
 
 
@@ -23,24 +25,46 @@ def _config_from_args(args) -> Config:
         overrides.update(Config.load(args.config).to_dict())
         overrides.pop("profile", None)
     for name, value in (("activation", args.activation), ("initial_channels", args.channels), ("seed", args.seed),
-                        ("epochs", args.epochs), ("precision", args.precision), ("device", args.device)):
+                        ("epochs", args.epochs), ("precision", args.precision), ("device", args.device),
+                        ("norm", args.arm)):
         if value is not None:
             overrides[name] = value
-    overrides.update(parse_assignments(args.set or []))
-    return Config.from_profile(args.profile, **overrides)
+    parse_assignments(args.set or [])  # typed errors before anything else
+    overrides.update(item.split("=", 1) for item in args.set or [])  # synth.NAME merges over the file's synth
+    return Config.from_profile(args.profile, **{k.strip(): v.strip() if isinstance(v, str) else v for k, v in overrides.items()})
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="cpu", help=f"preset to start from: {', '.join(PROFILES)} (default: cpu)")
     p.add_argument("--config", help="a saved config (.yaml/.json) whose fields override the profile")
-    p.add_argument("--activation", help="activation: relu, leaky_relu, elu, gelu, silu, prelu, mish (default: profile's, elu)")
+    from qsmrep.unet import ACTIVATIONS
+
+    p.add_argument("--activation", help=f"activation: {', '.join(ACTIVATIONS)} (default: profile's, elu)")
+    p.add_argument("--arm", help=f"normalisation arm: {', '.join(registry.ARMS)} (default: {registry.DEFAULT_ARM})")
     p.add_argument("--channels", type=int, help="initial channels of the U-Net (paper: 16 or 32)")
     p.add_argument("--seed", type=int, help="training seed (initialisation, map order, patch positions)")
     p.add_argument("--epochs", type=int, help="number of epochs (paper: 100)")
-    p.add_argument("--precision", help="fp32 or bf16 (autocast for the network)")
+    p.add_argument("--precision", help="auto (bf16 where the hardware has it natively), fp32 or bf16")
     p.add_argument("--device", help="auto (CUDA if present), cpu or cuda")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override any config field, repeatable (e.g. --set lr=5e-4 --set n_train=100)")
+
+
+def _add_study_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="cpu", help="profile (default: cpu)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (default 1)")
+    p.add_argument("--arms", default=registry.DEFAULT_ARM,
+                   help=f"comma-separated arms: {', '.join(registry.ARMS)} (default: {registry.DEFAULT_ARM})")
+    p.add_argument("--extended", action="store_true", help="include the extended activation sweep")
+    p.add_argument("--guard", action="store_true", help="include the fp32 twins of the precision guard")
+
+
+def parse_arms(text: str) -> tuple[str, ...]:
+    """``"none,batch"`` or ``"both"`` → the arms (ValueError naming a bad one)."""
+    arms = registry.ARMS if text == "both" else tuple(a.strip() for a in text.split(",") if a.strip())
+    for arm in arms:
+        registry.check_choice("arm", arm, registry.ARMS)
+    return arms
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,16 +99,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print a profile's resolved configuration as YAML")
     _add_config_options(p)
 
-    p = sub.add_parser("status", help="list the unfinished variants of a profile as activation:channels:seed lines")
+    p = sub.add_parser("status", help="list the study's runs with their state (finished, diverged, partial, empty)")
+    _add_study_options(p)
+    p.add_argument("--todo", action="store_true", help="only the runs still to train, one key per line")
+
+    p = sub.add_parser("job", help="one step of the workflow (called by workflow/Snakefile)")
+    p.add_argument("step", choices=("train",), help="train: one run of the study, by key")
+    p.add_argument("key", help="<kind>/<arm>/<name>_s<seed>, e.g. paper/none/elu16_s0")
     p.add_argument("--profile", default="cpu", help="profile (default: cpu)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (default 1)")
-    p.add_argument("--all", action="store_true", help="list every variant, finished or not")
-    p.add_argument("--extended", action="store_true",
-                   help="list the extended activation sweep instead, as folder<TAB>activation<TAB>params<TAB>seed lines")
+    p.add_argument("--force", action="store_true", help="discard the run folder and train from scratch")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="GPUs to choose from, one taken per job (default: $QSMREP_GPUS, else 0: none)")
 
     p = sub.add_parser("estimate", help="print memory and disk estimates for a profile; exit 2 where it cannot fit")
     p.add_argument("--profile", default="paper", help="profile (default: paper)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per variant")
+    p.add_argument("--arms", default=registry.DEFAULT_ARM, help=f"comma-separated arms ({', '.join(registry.ARMS)})")
 
     p = sub.add_parser("offline-html", help="strip network references from a rendered report")
     p.add_argument("source", help="HTML written by nbconvert")
@@ -92,9 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmark training steps, generator and forward field")
     p.add_argument("--profile", default="cpu", help="profile whose patch size is benchmarked")
-    p.add_argument("--quick", action="store_true", help="fewer repeats and cases (≤ 5 minutes on 2 cores)")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer repeats and cases, bf16 only where native (≤ 5 minutes on 2 cores, any CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object per case")
     p.add_argument("--no-monai", action="store_true", help="skip the MONAI BasicUNet reference")
+    p.add_argument("--save", action="store_true",
+                   help="also write the rows to results/bench/<card>-<date>.jsonl (commit GPU rows; the report shows them)")
     return parser
 
 
@@ -103,25 +136,27 @@ def _run(args) -> int:
         print(_config_from_args(args).to_yaml(), end="")
         return 0
     if args.command == "train":
-        from qsmrep.train import NonFiniteError, train
+        from qsmrep.runfolder import RunFolder
+        from qsmrep.train import train
 
         config = _config_from_args(args)
-        try:
-            history = train(config, args.out, progress=not args.no_progress, force=args.force)
-        except NonFiniteError as err:
-            print(f"qsmrep: training stopped: {err}", file=sys.stderr)
-            return 1
-        if len(history):  # under torchrun only rank 0 holds the full history
+        history = train(config, args.out, progress=not args.no_progress, force=args.force)
+        done = RunFolder(args.out).done() or {}
+        if done.get("status") == "diverged":
+            print(f"{config.variant}: diverged at epoch {done['epoch']}, iteration {done['iteration']} "
+                  f"(recorded in {args.out}/DONE.json)")
+        elif len(history):  # under torchrun only rank 0 holds the full history
             last = history.iloc[-1]
             print(f"{config.variant}: {len(history)} epochs, val NRMSE {last['val_nrmse']:.2f} %, run folder {args.out}")
         return 0
     if args.command == "evaluate":
         from qsmrep.evaluate import evaluate_runs, load_model
 
-        checkpoints = {}
+        checkpoints, config = {}, None
         for path in args.checkpoints:
-            _, config, epoch = load_model(path)
-            checkpoints[f"{Path(path).resolve().parent.name}@{epoch}"] = path
+            _, cfg, epoch = load_model(path)
+            config = config or cfg  # the test maps of the first; evaluate_runs refuses checkpoints of other data
+            checkpoints[f"{cfg.arm}/{Path(path).resolve().parent.name}@{epoch}"] = path
         if args.n_test is not None:
             config = config.replace(n_test=args.n_test)
         table = evaluate_runs(checkpoints, args.out, config, args.device, baselines=not args.no_baselines)
@@ -137,29 +172,27 @@ def _run(args) -> int:
               f"B0 direction {tuple(round(v, 3) for v in info['b0_dir'])}")
         return 0
     if args.command == "status":
-        from qsmrep.results import PAPER_VARIANTS, run_dir
-        from qsmrep.train import is_finished
+        from qsmrep.results import study_runs
+        from qsmrep.runfolder import RunFolder
 
-        if args.seeds < 1:
-            raise ValueError(f"--seeds: must be ≥ 1, got {args.seeds}")
-        if args.extended:
-            from qsmrep.sweep import unfinished
-
-            print("\n".join(unfinished(args.profile, args.seeds, everything=args.all)))
-            return 0
-        for seed in range(args.seeds):
-            for activation, channels in PAPER_VARIANTS:
-                config = Config.from_profile(args.profile, activation=activation, initial_channels=channels, seed=seed)
-                if args.all or not is_finished(run_dir(args.profile, activation, channels, seed), config):
-                    print(f"{activation}:{channels}:{seed}")
+        Config.from_profile(args.profile)
+        for spec in study_runs(args.profile, parse_arms(args.arms), args.seeds, args.extended, args.guard):
+            folder = RunFolder(spec.folder())
+            if not args.todo:
+                print(f"{spec.key}\t{folder.status()}")
+            elif not folder.is_finished(spec.config()):
+                print(spec.key)
         return 0
-    if args.command == "estimate":
-        import os
+    if args.command == "job":
+        from qsmrep.workflow import train_job
 
+        gpus = args.gpus if args.gpus is not None else int(os.environ.get("QSMREP_GPUS", "0") or 0)
+        return train_job(args.profile, args.key, force=args.force, gpus=gpus)
+    if args.command == "estimate":
         from qsmrep.estimate import estimate
 
         Config.from_profile(args.profile)
-        lines, problems = estimate(args.profile, seeds=args.seeds)
+        lines, problems = estimate(args.profile, seeds=args.seeds, arms=parse_arms(args.arms))
         print(f"estimate for profile {args.profile}:")
         for line in lines:
             print(f"  {line}")

@@ -5,7 +5,7 @@ Cases (one row each; ``--json`` prints one JSON object per row on stdout, progre
 * ``train_step``: one training iteration as :func:`qsmrep.train.train` does it (forward under
   autocast, :class:`~qsmrep.loss.PhysicsInformedLoss` with the field term, backward, AdamW step)
   on random inputs of realistic scale (field std 0.03 ppm, χ std 0.1 ppm), for every variant of
-  the paper (relu / leaky_relu / elu × 16 / 32 channels, depth 5) at the profile's patch size and
+  the paper (:data:`qsmrep.registry.PAPER_VARIANTS`, depth 5) at the profile's patch size and
   batch, in fp32, bf16 autocast and channels-last-3d (fp32 and bf16). Seconds per iteration are
   the median of the timed iterations after warm-up; voxels per second are batch·patch³ / s;
   GFLOP/s use the forward+backward FLOPs of the network counted once per model and shape with
@@ -39,23 +39,25 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from qsmrep import registry
 from qsmrep.config import Config
+from qsmrep.runtime import autocast, native_bf16, resolve_device
 from qsmrep.unet import ACTIVATIONS
 
-PAPER_ACTIVATIONS = ("relu", "leaky_relu", "elu")
-PAPER_CHANNELS = (16, 32)
+PAPER_ACTIVATIONS, PAPER_CHANNELS = registry.PAPER_ACTIVATIONS, registry.PAPER_CHANNELS
+QUICK_BUDGET_SECONDS = 240  # --quick stops starting training-step cases after this, so it ends within 5 minutes
 DEPTH = 5
 MONAI_PATCHES = (32, 48)
 SPEED_TARGET = 1.8
 # modules imported once by the forkserver, so that each isolated case starts without import time
-PRELOAD = ["qsmrep.bench", "qsmrep.train", "qsmrep.loss"]
+PRELOAD = ["qsmrep.bench", "qsmrep.train", "qsmrep.loss", "qsmrep.runtime"]
 MAX_WARMUP, FALLING = 10, 0.67  # warm-up cap; "still falling" = an iteration under 2/3 of the one before
 # (precision, channels_last) settings of the training step
 SETTINGS = (("fp32", False), ("bf16", False), ("fp32", True), ("bf16", True))
 BASE_KEYS = ("case", "variant", "patch", "precision", "memory_format", "seconds_per_iter", "voxels_per_s",
              "gflops_per_s", "peak_mem_mb")
 # MONAI activation names for ours (parameters from our registry, so both nets use the same function)
-_MONAI_ACT = {"relu": "relu", "leaky_relu": "leakyrelu", "elu": "elu"}
+_MONAI_ACT = {"leaky_relu": "leakyrelu"}  # where MONAI's name differs
 
 
 def _log(message: str) -> None:
@@ -80,6 +82,7 @@ class StepSpec:
     device: str = "cpu"
     seed: int = 0
     profile: str = "cpu"  # loss settings (λ, norms, voxel size, B0) come from this profile
+    norm: str = registry.DEFAULT_ARM  # the arm: normalisation of both networks
 
     @property
     def variant(self) -> str:
@@ -108,7 +111,7 @@ def build_net(spec: StepSpec) -> torch.nn.Module:
         from qsmrep.unet import UNet3D
 
         config = Config.from_profile(spec.profile, activation=spec.activation, initial_channels=spec.channels,
-                                     depth=spec.depth)
+                                     depth=spec.depth, norm=spec.norm)
         return UNet3D(**config.model_kwargs())
     if spec.model == "monai":
         from monai.networks.nets import BasicUNet
@@ -117,8 +120,9 @@ def build_net(spec: StepSpec) -> torch.nn.Module:
             raise ValueError("monai BasicUNet has a fixed depth of 5")
         c = spec.channels
         params = _activation_params(spec.activation)
-        act = (_MONAI_ACT[spec.activation], params) if params else _MONAI_ACT[spec.activation]
-        norm = _MONAI_NORM[Config.from_profile(spec.profile).norm]  # the same normalisation as ours
+        name = _MONAI_ACT.get(spec.activation, spec.activation)
+        act = (name, params) if params else name
+        norm = _MONAI_NORM[spec.norm]  # the same normalisation as ours
         return BasicUNet(spatial_dims=3, in_channels=1, out_channels=1, features=(c, 2 * c, 4 * c, 8 * c, 16 * c, c),
                          act=act, norm=norm, dropout=0.0, upsample="deconv")
     raise ValueError(f"model: unknown {spec.model!r}")
@@ -192,7 +196,6 @@ def _peak_rss_mb() -> float:
 def time_step(spec: StepSpec) -> dict:
     """Run ``spec`` in this process: ``{"times": [...], "peak_mem_mb", "peak_mem_increase_mb", "peak_mem_kind", "loss"}``."""
     from qsmrep.loss import PhysicsInformedLoss
-    from qsmrep.train import autocast, resolve_device
 
     device = resolve_device(spec.device)
     cuda = device.type == "cuda"
@@ -267,14 +270,12 @@ def _isolated_time_step(spec: StepSpec) -> dict:
 
 def run_step_case(spec: StepSpec, isolate: bool | None = None) -> dict:
     """One row for a training-step case. ``isolate`` (default: on a CPU) runs it in a fresh process."""
-    from qsmrep.train import resolve_device
-
     device = resolve_device(spec.device)
     if isolate is None:
         isolate = device.type == "cpu"
     row = _row(case="train_step" if spec.model == "qsmrep" else "monai_step", variant=spec.variant, patch=spec.patch,
                precision=spec.precision, memory_format=spec.memory_format, model=spec.model, batch=spec.batch,
-               depth=spec.depth, device=str(device), threads=torch.get_num_threads(), warmup=spec.warmup,
+               depth=spec.depth, norm=spec.norm, device=str(device), threads=torch.get_num_threads(), warmup=spec.warmup,
                iters=spec.iters)
     if hasattr(os, "getloadavg"):
         row["load_avg_1min"] = os.getloadavg()[0]  # > threads: another process competed for the cores
@@ -327,16 +328,17 @@ def speed_ratio_rows(rows: list[dict]) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- data side
-def generator_rows(sizes=(64, 160, 320), repeats: int = 3) -> list[dict]:
+def generator_rows(sizes=(64, 160, 320), repeats: int = 3, device: str = "cpu", batch: int = 1) -> list[dict]:
+    """Seconds per synthetic map (χ and field) rendered on ``device``, ``batch`` maps per call."""
     from qsmrep.synth import bench_generator
 
     rows = []
-    for result in bench_generator(sizes=sizes, repeats=repeats):
+    for result in bench_generator(sizes=sizes, repeats=repeats, device=device, batch=batch):
         s = result["seconds_mean"]
         rows.append(_row(case="generator", patch=result["size"], precision="fp32", seconds_per_iter=s,
                          voxels_per_s=result["size"] ** 3 / s, size=result["size"], repeats=result["repeats"],
-                         seconds_per_sample=s, seconds_min=result["seconds_min"], seconds_first=result["seconds_first"],
-                         figure="seconds_per_sample", value=s, unit="s/sample"))
+                         device=str(device), batch=batch, seconds_per_sample=s, seconds_min=result["seconds_min"],
+                         seconds_first=result["seconds_first"], figure="seconds_per_sample", value=s, unit="s/sample"))
     return rows
 
 
@@ -354,24 +356,24 @@ def stall_rows(profile: str = "cpu", epochs: int = 2, device: str = "auto", **ov
 
     One row for the whole run and one for the last epoch (steady state).
     """
-    import pandas as pd
-
-    from qsmrep.train import HISTORY_FILE, train
+    from qsmrep.runfolder import RunFolder
+    from qsmrep.runtime import resolve
+    from qsmrep.train import train
 
     overrides.setdefault("early_epoch", 0)  # the profile's early checkpoint may lie after the short run's end
-    config = Config.from_profile(profile, epochs=epochs, device=device, **overrides)
+    config = resolve(Config.from_profile(profile, epochs=epochs, device=device, **overrides))
     with tempfile.TemporaryDirectory(prefix="qsmrep-bench-") as tmp:
         t0 = time.perf_counter()
         train(config, tmp, progress=False)
         wall = time.perf_counter() - t0
-        history = pd.read_csv(f"{tmp}/{HISTORY_FILE}")
+        history = RunFolder(tmp).history()
     rows = []
     for scope, part in (("run", history), ("last_epoch", history.iloc[[-1]])):
         seconds, data = float(part["seconds"].sum()), float(part["data_seconds"].sum())
         iters = int(part["iterations"].sum())
         fraction = data / seconds if seconds > 0 else float("nan")
         rows.append(_row(case="loader_stall", variant=config.variant, patch=config.patch_size, precision=config.precision,
-                         memory_format="channels_last_3d" if config.channels_last else "contiguous",
+                         memory_format=config.memory_format,
                          seconds_per_iter=seconds / iters, voxels_per_s=iters * config.batch_size * config.patch_size**3 / seconds,
                          peak_mem_mb=float(part["peak_mem_mb"].max()), peak_mem_kind="training run peak (history.csv)",
                          scope=scope, profile=profile, epochs=len(part), num_workers=config.num_workers,
@@ -382,15 +384,22 @@ def stall_rows(profile: str = "cpu", epochs: int = 2, device: str = "auto", **ov
 
 
 # ---------------------------------------------------------------------------------------------- plan
+def usable_settings(device: str) -> tuple[tuple[str, bool], ...]:
+    """The (precision, channels_last) settings worth timing on ``device``: bf16 only where it is native
+    (an AVX2-only CPU emulates bf16 about 50× slower than fp32: those cases would take minutes each)."""
+    return SETTINGS if native_bf16(resolve_device(device)) else tuple(s for s in SETTINGS if s[0] == "fp32")
+
+
 def step_specs(profile: str, quick: bool, device: str) -> list[StepSpec]:
-    """Our training-step cases at the profile's patch size (all variants, all settings; fewer when quick)."""
+    """Our training-step cases at the profile's patch size (all variants, the usable settings; fewer when quick)."""
     config = Config.from_profile(profile)
     base = StepSpec(patch=config.patch_size, batch=config.batch_size, device=device, profile=profile,
-                    warmup=2 if quick else 4, iters=3 if quick else 5)
+                    warmup=2 if quick else 4, iters=3 if quick else 5, norm=config.norm)
+    usable = usable_settings(device)
     specs = []
     for activation in PAPER_ACTIVATIONS:
         for channels in PAPER_CHANNELS:
-            settings = SETTINGS if not quick or activation in ("elu", "relu") else SETTINGS[:1]
+            settings = usable if not quick or activation in ("elu", "relu") else usable[:1]
             for precision, channels_last in settings:
                 specs.append(replace(base, activation=activation, channels=channels, precision=precision,
                                      channels_last=channels_last))
@@ -413,7 +422,7 @@ def comparison_specs(profile: str, quick: bool, device: str, done: list[dict]) -
     config = Config.from_profile(profile)
     patches = sorted({*MONAI_PATCHES, config.patch_size})
     base = StepSpec(batch=config.batch_size, device=device, profile=profile, warmup=2 if quick else 4,
-                    iters=3 if quick else 5)
+                    iters=3 if quick else 5, norm=config.norm)
     activations = ("elu",) if quick else PAPER_ACTIVATIONS
     ours, monai = [], []
     for activation in activations:
@@ -424,7 +433,7 @@ def comparison_specs(profile: str, quick: bool, device: str, done: list[dict]) -
                     continue
                 measured = any(r["case"] == "train_step" and r["variant"] == variant and r["patch"] == patch for r in done)
                 if not measured:
-                    settings = list(SETTINGS)
+                    settings = list(usable_settings(device))
                     if quick:  # only the setting that was fastest at the profile's patch
                         settings = [_fastest_setting(done, variant) or ("fp32", False)]
                     for precision, channels_last in settings:
@@ -485,10 +494,23 @@ def _clean(row: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- main
-def main(args) -> int:
-    """Run the benchmark for ``args`` (``profile``, ``quick``, ``json``, ``no_monai``); exit code 1 if a case failed."""
-    from qsmrep.train import resolve_device
+def save_rows(rows: list[dict], card: str, folder=None) -> str:
+    """Write ``rows`` as JSON lines to ``results/bench/<card>-<date>.jsonl`` (atomically); returns the path."""
+    import datetime as _dt
+    import re
 
+    from qsmrep import io
+    from qsmrep.results import project_root
+
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", card).strip("-")
+    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
+    path = (folder or project_root() / "results" / "bench") / f"{slug}-{date}.jsonl"
+    io.write_text(path, "".join(json.dumps(_clean(r), default=_json_default) + "\n" for r in rows))
+    return str(path)
+
+
+def main(args) -> int:
+    """Run the benchmark for ``args`` (``profile``, ``quick``, ``json``, ``no_monai``, ``save``); exit code 1 if a case failed."""
     profile, quick = args.profile, bool(args.quick)
     Config.from_profile(profile)  # ValueError on an unknown profile
     device = str(resolve_device("auto"))
@@ -505,7 +527,8 @@ def main(args) -> int:
             _log(f"{row['case']} {_fmt(row.get('variant'))} {_fmt(row.get('patch'))} {_fmt(row.get('precision'))} "
                  f"{_fmt(row.get('memory_format'))}: {status}  [{time.perf_counter() - started:.0f} s]")
 
-    _log(f"profile {profile}, device {device}, {torch.get_num_threads()} threads, {'quick' if quick else 'full'} run")
+    _log(f"profile {profile}, device {device}, {torch.get_num_threads()} threads, {'quick' if quick else 'full'} run, "
+         f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
     if hasattr(os, "getloadavg") and os.getloadavg()[0] > 0.5:
         _log(f"warning: load average {os.getloadavg()[0]:.1f} before the run; other processes may distort the timings")
     use_monai = not getattr(args, "no_monai", False)
@@ -516,12 +539,37 @@ def main(args) -> int:
         _log("note: --no-monai, MONAI BasicUNet reference skipped")
     if use_monai and "monai.networks.nets" not in PRELOAD:
         PRELOAD.append("monai.networks.nets")
+
+    if profile == "paper":
+        from qsmrep.bench_paper import card_name, paper_rows
+
+        if device != "cuda":
+            _log("note: no CUDA GPU: the paper-scale rows (steps at 160³, data path, validation, projection) need one; "
+                 "measuring the CPU data side at 320³ only, the GPU targets wait for a GPU")
+            emit(generator_rows(sizes=(320,), repeats=1, device=device))
+            emit(forward_field_rows(size=160, batch=4, repeats=2, device=device))
+        else:
+            paper_rows(profile, device, use_monai=use_monai, emit=emit)
+        if getattr(args, "save", False):
+            _log(f"rows saved to {save_rows(rows, card_name(resolve_device(device)))}")
+        return _finish(args, rows, started)
+
+    if not native_bf16(resolve_device(device)):
+        note = (f"bf16 cases skipped: this {device.upper()} has no native bf16 (capability "
+                f"{torch.backends.cpu.get_cpu_capability()}, no AMX or AVX512-BF16); emulated bf16 runs ~50x slower than fp32")
+        _log(f"note: {note}")
+        emit([_row(case="skipped", precision="bf16", figure="skipped", value=None, unit=note)])
     specs = step_specs(profile, quick, device)
     for i, spec in enumerate(specs, 1):
+        if quick and time.perf_counter() - started > QUICK_BUDGET_SECONDS:
+            emit([_row(case="skipped", variant=spec.variant, patch=spec.patch, precision=spec.precision,
+                       memory_format=spec.memory_format, figure="skipped", value=None,
+                       unit=f"--quick time budget of {QUICK_BUDGET_SECONDS} s reached")])
+            continue
         _log(f"train step {i}/{len(specs)}: {spec.variant} patch {spec.patch} {spec.setting}")
         emit([run_step_case(spec)])
 
-    if use_monai:
+    if use_monai and not (quick and time.perf_counter() - started > QUICK_BUDGET_SECONDS):
         extra = comparison_specs(profile, quick, device, rows)
         for i, spec in enumerate(extra, 1):
             _log(f"comparison {i}/{len(extra)}: {spec.model} {spec.variant} patch {spec.patch} {spec.setting}")
@@ -529,17 +577,21 @@ def main(args) -> int:
         emit(speed_ratio_rows(rows))
 
     _log("generator")
-    emit(generator_rows(sizes=(64, 160, 320), repeats=1 if quick else 3))
+    emit(generator_rows(sizes=(64, 160) if quick else (64, 160, 320), repeats=1 if quick else 3, device=device))
     _log("forward field")
     ff_size = min(160, max(Config.from_profile(profile).patch_size, 64))
     emit(forward_field_rows(size=ff_size, batch=4, repeats=2 if quick else 5, device=device))
     stall_profile = profile if profile in ("cpu", "smoke") else "cpu"
-    _log(f"data-loader stall: {stall_profile}-profile training, {2 if quick else 3} epochs")
+    epochs = 1 if quick else 3
+    _log(f"data-loader stall: {stall_profile}-profile training, {epochs} epoch(s)")
     try:
-        emit(stall_rows(stall_profile, epochs=2 if quick else 3, device=device))
+        emit(stall_rows(stall_profile, epochs=epochs, device=device, **({"iters_per_epoch": 8} if quick else {})))
     except Exception as err:  # noqa: BLE001
         emit([_row(case="loader_stall", error=f"{type(err).__name__}: {err}")])
+    return _finish(args, rows, started)
 
+
+def _finish(args, rows: list[dict], started: float) -> int:
     if not args.json:
         print(summary_table(rows))
     failed = [r for r in rows if r.get("error")]

@@ -78,8 +78,9 @@ def test_data_side_rows():
 
 
 def test_main_prints_pure_json_lines_from_isolated_cases(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "native_bf16", lambda device: True)
     monkeypatch.setattr(bench, "step_specs", lambda profile, quick, device: [StepSpec(**TINY, precision="bf16")])
-    monkeypatch.setattr(bench, "generator_rows", lambda sizes, repeats: [])
+    monkeypatch.setattr(bench, "generator_rows", lambda **kw: [])
     monkeypatch.setattr(bench, "forward_field_rows", lambda **kw: [])
     monkeypatch.setattr(bench, "stall_rows", lambda *a, **kw: [])
     code = bench.main(SimpleNamespace(profile="smoke", quick=True, json=True, no_monai=True))
@@ -91,6 +92,47 @@ def test_main_prints_pure_json_lines_from_isolated_cases(monkeypatch, capsys):
     assert row["peak_mem_kind"] == "process peak RSS"  # on a CPU each case ran in a fresh worker process
     table = bench.summary_table([row])
     assert "train_step" in table and "s/iter" in table
+
+
+def test_without_native_bf16_the_bf16_cases_are_skipped_and_said(monkeypatch, capsys):
+    """An AVX2-only CPU emulates bf16 ~50x slower: no bf16 case is timed, and the output says why."""
+    monkeypatch.setattr(bench, "native_bf16", lambda device: False)
+    specs = bench.step_specs("cpu", quick=True, device="cpu")
+    assert specs and {s.precision for s in specs} == {"fp32"}
+    assert {s.variant for s in specs} == {f"{a}{c}" for a, c in bench.registry.PAPER_VARIANTS}
+    monkeypatch.setattr(bench, "step_specs", lambda profile, quick, device: [])
+    monkeypatch.setattr(bench, "generator_rows", lambda **kw: [])
+    monkeypatch.setattr(bench, "forward_field_rows", lambda **kw: [])
+    monkeypatch.setattr(bench, "stall_rows", lambda *a, **kw: [])
+    assert bench.main(SimpleNamespace(profile="smoke", quick=True, json=True, no_monai=True)) == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert row["case"] == "skipped" and row["precision"] == "bf16" and "no native bf16" in row["unit"]
+
+
+def test_quick_budget_skips_the_remaining_step_cases(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "QUICK_BUDGET_SECONDS", -1)
+    monkeypatch.setattr(bench, "step_specs", lambda profile, quick, device: [StepSpec(**TINY)])
+    for name in ("generator_rows", "forward_field_rows"):
+        monkeypatch.setattr(bench, name, lambda **kw: [])
+    monkeypatch.setattr(bench, "stall_rows", lambda *a, **kw: [])
+    bench.main(SimpleNamespace(profile="smoke", quick=True, json=True, no_monai=True))
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["case"] for r in rows if r["case"] != "skipped" or "budget" in r["unit"]] == ["skipped"]
+
+
+def test_paper_rows_run_at_smoke_scale_on_a_cpu():
+    """The GPU benchmark's code path (steps, data path rendered per batch, validation, projection) without a GPU."""
+    from qsmrep.bench_paper import paper_rows
+
+    rows = paper_rows("smoke", "cpu", use_monai=False, iters=1, data_iterations=2, val_maps=1)
+    cases = [r["case"] for r in rows]
+    assert cases.count("train_step") >= 6 and {"data_path", "generator", "validation", "validation_fraction",
+                                                "projection"} <= set(cases)
+    assert all(not r.get("error") for r in rows), [r.get("error") for r in rows]
+    data = next(r for r in rows if r["case"] == "data_path")
+    assert data["seconds_per_iter"] > 0 and data["ratio"] == pytest.approx(data["seconds_per_iter"] / data["bare_seconds_per_iter"])
+    projection = next(r for r in rows if r["case"] == "projection")
+    assert projection["variants"] == 6 and projection["value"] > 0 and all(r["card"].startswith("cpu: ") for r in rows)
 
 
 def test_bench_help():

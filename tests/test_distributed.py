@@ -20,7 +20,8 @@ SCRIPT = """
 import os, sys, torch
 from qsmrep.config import Config
 from qsmrep.train import train
-config = Config.from_profile("smoke", initial_channels=4, depth=3, epochs=2, early_epoch=1, device="cpu", norm=sys.argv[2])
+config = Config.from_profile("smoke", initial_channels=4, depth=3, epochs=2, early_epoch=1, device="cpu", norm=sys.argv[2],
+                             precision="fp32")
 def dump(model):
     torch.save(model.state_dict(), os.path.join(sys.argv[1], f"rank{os.environ.get('RANK', '0')}.weights"))
 train(config, sys.argv[1], progress=False, on_finish=dump)
@@ -50,7 +51,8 @@ def test_two_process_training_keeps_ranks_identical(tmp_path):
     # weights (up to summation order)
     torch.set_num_threads(1)
     single = {}
-    config = Config.from_profile("smoke", initial_channels=4, depth=3, epochs=2, early_epoch=1, device="cpu", norm="none")
+    config = Config.from_profile("smoke", initial_channels=4, depth=3, epochs=2, early_epoch=1, device="cpu", norm="none",
+                                 precision="fp32")  # the comparison is about data parallelism, not precision
     train(config, tmp_path / "single", progress=False, on_finish=lambda m: single.update(m.state_dict()))
     for name, tensor in rank0.items():
         assert torch.allclose(tensor, single[name], rtol=1e-3, atol=1e-4), name

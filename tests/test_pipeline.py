@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -66,72 +67,169 @@ def _copy_project(tmp_path: Path) -> Path:
     return dest
 
 
-@pytest.mark.slow
 def _gpu_overlaps(log: str) -> list[str]:
-    """Lines of run_all.sh output where a variant started on a GPU that another running variant held."""
+    """Lines of run_all.sh output where a training started on a GPU that another running training held."""
     holder, overlaps = {}, []
     for line in log.splitlines():
-        if match := re.search(r"train (\S+ seed \d+): started on GPU (\d+)", line):
+        if match := re.search(r"train (\S+): started on GPU (\d+)", line):
             name, gpu = match.groups()
             if gpu in holder.values():
                 overlaps.append(line)
             holder[name] = gpu
-        elif match := re.search(r"train (\S+ seed \d+): (done|failed)", line):
+        elif match := re.search(r"train (\S+): (finished|diverged|failed)", line):
             holder.pop(match.group(1), None)
     return overlaps
 
 
-@pytest.mark.slow
-def test_run_all_smoke_end_to_end(tmp_path):
-    """./run_all.sh --profile smoke --jobs 2 writes the report, four figures and the metric CSV, never puts two
-    running variants on one GPU (two GPUs faked by an nvidia-smi stub); a second run skips everything."""
-    project = _copy_project(tmp_path)
+def _two_gpu_env(tmp_path) -> dict:
+    """The test's environment: its own virtual environment reused, and an nvidia-smi stub that lists two GPUs."""
     stub = tmp_path / "bin" / "nvidia-smi"
-    stub.parent.mkdir()
+    stub.parent.mkdir(exist_ok=True)
     stub.write_text('#!/bin/sh\necho "GPU 0: stub (UUID: GPU-0)"\necho "GPU 1: stub (UUID: GPU-1)"\n')
     stub.chmod(0o755)
     env = {**os.environ, "QSMREP_VENV": str(Path(sys.executable).resolve().parents[1]),
            "PATH": f"{stub.parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MPLBACKEND", None)
-    first = subprocess.run(["bash", "run_all.sh", "--profile", "smoke", "--jobs", "2"], cwd=project, env=env,
-                           capture_output=True, text=True, timeout=900)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert len(re.findall(r"started on GPU [01]", first.stdout)) == 6
-    assert not _gpu_overlaps(first.stdout)
+    return env
+
+
+def _run_all(project, env, *args, timeout=900):
+    result = subprocess.run(["bash", "run_all.sh", "--profile", "smoke", *args], cwd=project, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    return result, result.stdout + result.stderr
+
+
+def _killed_mid_training(project, env) -> Path:
+    """Start run_all.sh and SIGKILL its whole process group once some training has finished 3 epochs, not all."""
+    proc = subprocess.Popen(["bash", "run_all.sh", "--profile", "smoke", "--jobs", "2"], cwd=project, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    runs = project / "results" / "smoke" / "runs" / "none"
+    deadline = time.monotonic() + 600
+    while True:
+        assert proc.poll() is None, "run_all.sh ended before it could be killed"
+        assert time.monotonic() < deadline, "no training progress"
+        partial = [h.parent for h in runs.glob("*/history.csv")
+                   if not (h.parent / "DONE.json").exists() and len(h.read_text().splitlines()) >= 4]
+        if partial:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(3)  # the notebook kernels (own sessions) notice their dead parent within a second and exit
+    return partial[0]
+
+
+@pytest.mark.slow
+def test_run_all_smoke_end_to_end(tmp_path):
+    """./run_all.sh --profile smoke --jobs 2 on two (stub) GPUs: killed mid-training and run again, it resumes the
+    interrupted training and never puts two running trainings on one GPU; it writes the report, the figures and the
+    metric tables; a second run does nothing within 30 s; touching qsmrep/metrics.py re-runs evaluation, figures
+    and report but no training; a failing step exits non-zero and keeps what is finished."""
+    project = _copy_project(tmp_path)
+    env = _two_gpu_env(tmp_path)
+    interrupted = _killed_mid_training(project, env)
+    epochs_before = len(pd.read_csv(interrupted / "history.csv"))
+    first, log = _run_all(project, env, "--jobs", "2")
+    assert first.returncode == 0, log[-4000:]
+    assert not _gpu_overlaps(log)
+    assert len(re.findall(r"started on GPU [01]", log)) >= 1
+    train_log = (project / "results" / "smoke" / "notebooks" / f"train_paper_none_{interrupted.name}.log").read_text()
+    assert f"resuming {interrupted} from epoch {epochs_before + 1}" in train_log
+    history = pd.read_csv(interrupted / "history.csv")
+    assert list(history.epoch) == list(range(1, 11))  # each epoch exactly once
     results, figures = project / "results" / "smoke", project / "figures" / "smoke"
     for n in (1, 2, 3, 4):
         assert list(figures.glob(f"fig{n}_*.png")) and list(figures.glob(f"fig{n}_*.svg")), f"figure {n} missing"
     per_map = pd.read_csv(results / "metrics_per_map.csv")
-    assert {"nrmse", "dnrmse", "hfen", "ssim", "xsim"} <= set(per_map.columns)
-    assert set(per_map.model) >= {"relu16", "leaky_relu16", "elu16", "relu32", "leaky_relu32", "elu32", "TKD", "Tikhonov"}
+    assert {"nrmse", "dnrmse", "hfen", "ssim", "xsim", "arm"} <= set(per_map.columns)
+    status = pd.read_csv(results / "run_status.csv")
+    assert len(status) == 6 and set(status.status) <= {"finished", "diverged"}
     html = (results / "report.html").read_text()
     assert not re.findall(r"""(?:src|href)\s*=\s*["'](?:https?:)?//""", html), "report references the network"
     assert html.count("data:image/png;base64") >= 5, "figures are not embedded"
-    for text in ("C1", "C8", "Provenance", "reproduced", "nrmse"):
-        assert text in html
-    # every number of the committed tables appears in the report (it renders these CSVs)
+    for text in ("C1", "C8", "Provenance", "nrmse", "Arm <code>none</code>", "What normalisation changes"):
+        assert text in html, text
     summary = pd.read_csv(results / "metrics_summary.csv")
     assert f"{summary.nrmse_mean.iloc[0]:.1f} ±" in html
 
     started = time.monotonic()
-    second = subprocess.run(["bash", "run_all.sh", "--profile", "smoke"], cwd=project, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert time.monotonic() - started < 60
-    assert "0 to do" in second.stdout and "papermill" not in second.stderr.lower()
+    second, log = _run_all(project, env, timeout=300)
+    assert second.returncode == 0, log[-3000:]
+    assert time.monotonic() - started < 30
+    assert "Nothing to be done" in log and "papermill" not in log.lower()
+
+    report_time = (results / "report.html").stat().st_mtime
+    (project / "qsmrep" / "metrics.py").touch()
+    dry, log = _run_all(project, env, "--dry-run", timeout=300)
+    assert dry.returncode == 0, log[-3000:]
+    planned = set(re.findall(r"^rule (\w+):", log, flags=re.M))
+    assert {"evaluate", "figure2", "figure3", "figure4", "report"} <= planned and "train" not in planned, planned
+    third, log = _run_all(project, env, timeout=600)
+    assert third.returncode == 0, log[-3000:]
+    assert "started" not in log and (results / "report.html").stat().st_mtime > report_time
+
+    # a step that fails: non-zero exit, everything finished is kept
+    notebook = project / "notebooks" / "21_fig2_convergence.ipynb"
+    notebook.write_text(notebook.read_text().replace("from qsmrep.figures import", "raise RuntimeError('boom')\\nfrom qsmrep.figures import"))
+    failed, log = _run_all(project, env, timeout=600)
+    assert failed.returncode != 0 and "some steps failed" in log and "boom" in log, log[-3000:]
+    assert len(list((results / "runs" / "none").glob("*/DONE.json"))) == 6
+    assert (results / "metrics_summary.csv").exists() and (results / "report.html").exists()
 
 
 def test_gpu_overlap_detector():
-    ok = "train a seed 0: started on GPU 0\ntrain b seed 0: started on GPU 1\ntrain a seed 0: done in 1 s\n" \
-         "train c seed 0: started on GPU 0"
+    ok = "train a: started on GPU 0\ntrain b: started on GPU 1\ntrain a: finished in 1 s\n" \
+         "train c: started on GPU 0"
     assert _gpu_overlaps(ok) == []
-    clash = "train a seed 0: started on GPU 0\ntrain b seed 0: started on GPU 1\ntrain b seed 0: done in 1 s\n" \
-            "train c seed 0: started on GPU 0"
-    assert _gpu_overlaps(clash) == ["train c seed 0: started on GPU 0"]
+    clash = "train a: started on GPU 0\ntrain b: started on GPU 1\ntrain b: diverged in 1 s\n" \
+            "train c: started on GPU 0"
+    assert _gpu_overlaps(clash) == ["train c: started on GPU 0"]
+
+
+def test_gpu_slots_are_exclusive(tmp_path):
+    """The lock behind one-GPU-per-training: while two jobs hold GPUs 0 and 1, a third waits for one to free."""
+    import threading
+
+    from qsmrep.workflow import gpu_slot
+
+    taken, release = [], threading.Event()
+
+    def job():
+        with gpu_slot(tmp_path, 2, poll_seconds=0.05) as gpu:
+            taken.append(gpu)
+            release.wait(5)
+
+    threads = [threading.Thread(target=job) for _ in range(2)]
+    for t in threads:
+        t.start()
+    while len(taken) < 2:
+        time.sleep(0.01)
+    assert sorted(taken) == [0, 1]
+    third = threading.Thread(target=job)
+    third.start()
+    time.sleep(0.3)
+    assert len(taken) == 2  # waiting
+    release.set()
+    for t in (*threads, third):
+        t.join(5)
+    assert len(taken) == 3 and taken[2] in (0, 1)
+    with gpu_slot(tmp_path, 0) as none:
+        assert none is None
+
+
+def test_run_all_is_short_and_no_list_of_the_variants_lives_outside_the_registry():
+    assert len((ROOT / "run_all.sh").read_text().splitlines()) < 60
+    names = r"""["']?\b(relu|leaky_relu|elu)\b["']?"""
+    pattern = rf"{names}[^\n]{{0,12}}{names}[^\n]{{0,12}}{names}|\b16, 32\b|\b16 32\b|relu leaky_relu elu"
+    found = subprocess.run(["git", "grep", "-n", "-P", pattern, "--", "qsmrep", "workflow", "run_all.sh", "notebooks"],
+                           cwd=ROOT, capture_output=True, text=True)
+    lines = [line for line in found.stdout.splitlines() if not line.startswith("qsmrep/registry.py:")]
+    assert not lines, lines
 
 
 def test_run_all_rejects_bad_options():
-    for args, word in ((["--profile", "cpux"], "cpux"), (["--jobs", "0"], "--jobs"), (["--bogus"], "--bogus")):
+    for args, word in ((["--profile", "cpux"], "cpux"), (["--jobs", "0"], "--jobs"), (["--bogus"], "--bogus"),
+                       (["--arm", "bn"], "arm"), (["--seeds", "x"], "--seeds"), (["--profile"], "--profile")):
         result = subprocess.run(["bash", str(ROOT / "run_all.sh"), *args], capture_output=True, text=True, timeout=60)
         assert result.returncode == 2 and word in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
