@@ -29,6 +29,8 @@ def _config_from_args(args) -> Config:
                         ("norm", args.arm)):
         if value is not None:
             overrides[name] = value
+    if args.arm is not None:
+        registry.check_choice("arm", args.arm, registry.ARMS)
     parse_assignments(args.set or [])  # typed errors before anything else
     overrides.update(item.split("=", 1) for item in args.set or [])  # synth.NAME merges over the file's synth
     return Config.from_profile(args.profile, **{k.strip(): v.strip() if isinstance(v, str) else v for k, v in overrides.items()})

@@ -70,15 +70,18 @@ def epochs_to_reach(curve: pd.Series, threshold: float) -> float:
 
 
 def divergences(status: pd.DataFrame | None) -> pd.DataFrame:
-    """The diverged rows of a run-status table (arm, activation, channels, seed, diverged_epoch, …)."""
-    if status is None or not len(status) or "status" not in status:
-        return pd.DataFrame(columns=["activation", "channels", "seed", "diverged_epoch"])
-    return status[status.status == "diverged"]
+    """The diverged rows of a run-status table (:func:`qsmrep.results.run_status_table`): training stopped on a
+    non-finite number, or finished with a validation NRMSE blown up far beyond a zero prediction's."""
+    if status is None or not len(status) or "diverged_epoch" not in status:
+        return pd.DataFrame(columns=["activation", "channels", "seed", "diverged_epoch", "diverged_kind"])
+    return status[status.diverged_epoch.notna()]
 
 
 def _diverged_text(rows: pd.DataFrame) -> str:
+    kinds = {"validation": ", validation NRMSE above 1000 % with a finite training loss", "non-finite": ""}
     return "; ".join(f"{variant_key(r.activation, r.channels)} seed {r.seed} at epoch {int(r.diverged_epoch)}"
-                     + (f" (last finite val NRMSE {r.last_finite_val_nrmse:.1f} %)"
+                     + kinds.get(getattr(r, "diverged_kind", ""), "")
+                     + (f" (last val NRMSE before it {r.last_finite_val_nrmse:.1f} %)"
                         if "last_finite_val_nrmse" in rows and pd.notna(r.last_finite_val_nrmse) else "")
                      for r in rows.itertuples())
 
@@ -320,7 +323,7 @@ def seed_statistics(histories: pd.DataFrame, metrics: pd.DataFrame, early_epoch:
             hit = hit[hit.diverged_epoch <= before]
         per_seed.setdefault(key, []).append(np.nan if len(hit) else value)
 
-    ok = histories[~histories.get("status", pd.Series("finished", index=histories.index)).eq("diverged")]
+    ok = histories[~histories.get("diverged", pd.Series(False, index=histories.index)).astype(bool)]
     final16 = _end_levels(ok, "val_nrmse") if len(ok) else pd.Series(dtype=float)
     threshold = 1.1 * max((final16.get((a, SMALL), np.nan) for a in ACTS), default=np.nan)
     small, large = [(a, SMALL) for a in ACTS], [(a, LARGE) for a in ACTS]
@@ -394,7 +397,7 @@ def precision_guard(fast: pd.DataFrame, fp32: pd.DataFrame, tolerance: float = G
         if not len(run):
             continue
         twin, run = twin.sort_values("epoch"), run.sort_values("epoch")
-        usable = not ((run.get("status") == "diverged").any() or (twin.get("status") == "diverged").any())
+        usable = not any(frame.get("diverged", pd.Series(False, index=frame.index)).astype(bool).any() for frame in (run, twin))
         a, b = end_level(run["val_nrmse"]), end_level(twin["val_nrmse"])
         rows.append({**dict(zip(keys, key)), "precision": run["precision"].iloc[0] if "precision" in run else "",
                      "val_nrmse_fast": a, "val_nrmse_fp32": b, "relative_difference": (a - b) / b if usable else np.nan,

@@ -135,19 +135,41 @@ def _labels(config: Config) -> dict:
     return {"arm": config.arm, "activation": config.activation, "channels": config.initial_channels, "seed": config.seed}
 
 
+#: validation NRMSE (%) above which a finished run counts as diverged: ten times a zero prediction's 100 %
+BLOWUP_NRMSE = 1000.0
+
+
+def divergence_of(history: pd.DataFrame, done: dict) -> dict:
+    """How a run diverged, if it did: ``kind`` ``non-finite`` (training stopped on a NaN/Inf loss or gradient)
+    or ``validation`` (training finite, but the end level of the validation NRMSE, the median over the last
+    20 % of epochs, above :data:`BLOWUP_NRMSE`: the model became far worse than predicting zero), the epoch it
+    happened (for ``validation``: the first epoch above the threshold) and the last finite values before it."""
+    if done.get("status") == DIVERGED:
+        last = done.get("last_finite", {})
+        return {"diverged_kind": "non-finite", "diverged_epoch": done.get("epoch"), "diverged_iteration": done.get("iteration"),
+                "last_finite_train_loss": last.get("train_loss"), "last_finite_val_nrmse": last.get("val_nrmse")}
+    from qsmrep.report import end_level
+
+    curve = history.sort_values("epoch")
+    if len(curve) and end_level(curve["val_nrmse"]) > BLOWUP_NRMSE:
+        first = int(curve.loc[curve.val_nrmse > BLOWUP_NRMSE, "epoch"].iloc[0])
+        before = curve[curve.epoch < first]
+        return {"diverged_kind": "validation", "diverged_epoch": first, "diverged_iteration": None,
+                "last_finite_train_loss": float(before.train_loss.iloc[-1]) if len(before) else None,
+                "last_finite_val_nrmse": float(before.val_nrmse.iloc[-1]) if len(before) else None}
+    return {"diverged_kind": "", "diverged_epoch": None, "diverged_iteration": None, "last_finite_train_loss": None,
+            "last_finite_val_nrmse": None}
+
+
 def run_status_table(profile: str, root: str | Path | None = None, write: bool = True) -> pd.DataFrame:
-    """One row per run: arm, variant, seed, status (finished, diverged, partial), precision and memory
-    format used, the divergence epoch/iteration and the last finite values where it diverged."""
+    """One row per run: arm, variant, seed, status (finished, diverged, partial), precision and memory format
+    used, and, where it diverged (:func:`divergence_of`), how, at which epoch, and the last values before."""
     rows = []
     for config, folder in list_runs(profile, root):
         done = folder.done() or {}
-        last = done.get("last_finite", {})
         rows.append({**_labels(config), "status": folder.status(), "precision": config.precision,
                      "memory_format": config.memory_format, "grad_clip": config.grad_clip,
-                     "diverged_epoch": done.get("epoch") if done.get("status") == DIVERGED else None,
-                     "diverged_iteration": done.get("iteration") if done.get("status") == DIVERGED else None,
-                     "last_finite_train_loss": last.get("train_loss"), "last_finite_val_nrmse": last.get("val_nrmse"),
-                     "trained_at_commit": done.get("commit", "")})
+                     **divergence_of(folder.history(), done), "trained_at_commit": done.get("commit", "")})
     table = pd.DataFrame(rows)
     if write and len(table):
         io.write_text(results_dir(profile, root) / "run_status.csv", table.to_csv(index=False))
@@ -161,7 +183,8 @@ def collect_histories(profile: str, root: str | Path | None = None, write: bool 
     for config, folder in list_runs(profile, root, kind):
         frame = folder.history()
         if len(frame):
-            frames.append(frame.assign(**_labels(config), status=folder.status(), precision=config.precision))
+            frames.append(frame.assign(**_labels(config), status=folder.status(), precision=config.precision,
+                                       diverged=bool(divergence_of(frame, folder.done() or {})["diverged_kind"])))
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if write and len(table):
         io.write_text(results_dir(profile, root) / name, table.to_csv(index=False))
@@ -185,7 +208,7 @@ def cost_table(profile: str, root: str | Path | None = None, write: bool = True)
     runs = [(config, folder, folder.history()) for config, folder in list_runs(profile, root)]
     targets: dict[str, float] = {}
     for config, folder, history in runs:
-        if len(history) and folder.status() != DIVERGED:
+        if len(history) and not divergence_of(history, folder.done() or {})["diverged_kind"]:
             level = end_level(history.sort_values("epoch")["val_nrmse"])
             targets[config.arm] = max(targets.get(config.arm, float("-inf")), level)
     rows = []

@@ -250,3 +250,20 @@ def test_provenance_flags_code_changes_but_not_the_runs_own_outputs(tmp_path):
     assert provenance("cpu", tmp_path)["commit"] == clean
     (tmp_path / "qsmrep" / "file.txt").write_text("edited code")
     assert provenance("cpu", tmp_path)["commit"] == clean + " (with uncommitted changes)"
+
+
+def test_a_finite_validation_blow_up_counts_as_divergence():
+    """Seen in the standard U-Net arm: training loss finite, validation NRMSE 6480 % at epoch 7 and ~1.5e5 % at the
+    end. A model far worse than predicting zero (100 %) has diverged, even though no number was infinite."""
+    from qsmrep.results import divergence_of
+
+    epochs = np.arange(1, 26)
+    nrmse = np.where(epochs < 7, 80.0, 1.5e5)
+    history = pd.DataFrame({"epoch": epochs, "train_loss": 0.1, "val_nrmse": nrmse})
+    got = divergence_of(history, {"status": "finished"})
+    assert (got["diverged_kind"], got["diverged_epoch"], got["last_finite_val_nrmse"]) == ("validation", 7, 80.0)
+    spike = history.assign(val_nrmse=np.where(epochs == 7, 6000.0, 80.0))  # one bad epoch, recovered: not diverged
+    assert divergence_of(spike, {"status": "finished"})["diverged_kind"] == ""
+    stopped = divergence_of(history.iloc[:2], {"status": "diverged", "epoch": 3, "iteration": 5,
+                                               "last_finite": {"train_loss": 0.2, "val_nrmse": 90.0}})
+    assert (stopped["diverged_kind"], stopped["diverged_epoch"], stopped["last_finite_val_nrmse"]) == ("non-finite", 3, 90.0)
