@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole reproduction for one profile: set-up if needed, then the Snakemake workflow (workflow/Snakefile):
 # train the six variants per arm and seed, evaluate, draw Figures 1-4, render results/<profile>/report.html.
-# Steps rerun when an input is newer (make-style mtimes, no checksums), interrupted training resumes; see README.md.
+# Steps rerun when an input is newer (make-style mtimes), interrupted training resumes; the block is read whole first.
 {
 set -euo pipefail
 usage() { cat <<'USAGE'
@@ -43,11 +43,11 @@ flock -n 9 || die "another run_all.sh is writing results/$PROFILE (lock results/
 [ "$PROFILE" != paper ] || [ ${#DRY[@]} -gt 0 ] || "$PY" -m qsmrep estimate --profile paper --arms "$ARMS" || exit 2
 GPUS=0
 if [ "$JOBS" -gt 1 ] && command -v nvidia-smi >/dev/null; then GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true); fi
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))}"
+CORES=$(nproc); THREADS=$(( CORES / JOBS > 0 ? CORES / JOBS : 1 ))
 STATUS=0
-"$PY" -m snakemake --snakefile workflow/Snakefile --directory . --cores "$JOBS" --resources gpu="$GPUS" --nolock \
+"$PY" -m snakemake --snakefile workflow/Snakefile --directory . --cores $(( THREADS * JOBS )) --resources gpu="$GPUS" --nolock \
   --keep-going --rerun-incomplete --max-checksum-file-size 0 "${QUIET[@]}" "${DRY[@]}" $([ "$FORCE" = 1 ] && echo --forceall) \
-  --config profile="$PROFILE" arms="$ARMS" seeds="$SEEDS" extended="$EXTENDED" guard="$GUARD" force="$FORCE" gpus="$GPUS" \
+  --config profile="$PROFILE" arms="$ARMS" seeds="$SEEDS" extended="$EXTENDED" guard="$GUARD" force="$FORCE" gpus="$GPUS" threads="$THREADS" \
   || STATUS=$?
 [ ${#DRY[@]} -gt 0 ] && exit "$STATUS"
 echo "==> profile $PROFILE: report results/$PROFILE/report.html, figures figures/$PROFILE/ (exit $STATUS)"
