@@ -5,25 +5,27 @@
 {
 set -euo pipefail
 usage() { cat <<'USAGE'
-usage: ./run_all.sh [--profile P] [--arm A] [--seeds N] [--jobs N] [--extended] [--guard] [--force] [--dry-run]
+usage: ./run_all.sh [--profile P] [--arm A] [--seeds N] [--jobs N] [--extended] [--guard] [--clip] [--force] [--dry-run]
   --profile P   smoke (tests, ~2 min), cpu (default; 2-core CPU), gpu (one GPU, minutes), paper (GPU, hours per model)
   --arm A       none (default: the standard U-Net of the paper), batch (batch normalisation) or both
   --seeds N     train every variant with seeds 0..N-1 (default 1)
   --jobs N      run N steps at once (CPU threads are split between them; on several GPUs one GPU each)
   --extended    also the activation sweep at 16 channels (default arm)
   --guard       also fp32 twins of seed 0 for the accuracy guard of the fast precision
+  --clip        also gradient-clipped twins (global norm 1) of seed 0 in the default arm
   --force       redo every step, retraining from scratch (otherwise finished steps are skipped)
   --dry-run     show what would run, and why, without running it
 USAGE
 }
 die() { echo "run_all.sh: error: $*" >&2; exit 2; }
-PROFILE=cpu ARM=none SEEDS=1 JOBS=1 EXTENDED=0 GUARD=0 FORCE=0 DRY=() QUIET=(--quiet rules host)
+PROFILE=cpu ARM=none SEEDS=1 JOBS=1 EXTENDED=0 GUARD=0 CLIP=0 FORCE=0 DRY=() QUIET=(--quiet rules host)
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile|--arm|--seeds|--jobs) [ $# -ge 2 ] || die "$1 needs a value"; declare "$(tr a-z A-Z <<< "${1#--}")=$2"; shift 2 ;;
     --profile=*|--arm=*|--seeds=*|--jobs=*) name="${1%%=*}"; declare "$(tr a-z A-Z <<< "${name#--}")=${1#*=}"; shift ;;
     --extended) EXTENDED=1; shift ;;
     --guard) GUARD=1; shift ;;
+    --clip) CLIP=1; shift ;;
     --force) FORCE=1; shift ;;
     --dry-run|-n) DRY=(--dry-run) QUIET=(); shift ;;
     -h|--help) usage; exit 0 ;;
@@ -47,7 +49,7 @@ CORES=$(nproc); THREADS=$(( CORES / JOBS > 0 ? CORES / JOBS : 1 ))
 STATUS=0
 "$PY" -m snakemake --snakefile workflow/Snakefile --directory . --cores $(( THREADS * JOBS )) --resources gpu="$GPUS" --nolock \
   --keep-going --rerun-incomplete --max-checksum-file-size 0 "${QUIET[@]}" "${DRY[@]}" $([ "$FORCE" = 1 ] && echo --forceall) \
-  --config profile="$PROFILE" arms="$ARMS" seeds="$SEEDS" extended="$EXTENDED" guard="$GUARD" force="$FORCE" gpus="$GPUS" threads="$THREADS" \
+  --config profile="$PROFILE" arms="$ARMS" seeds="$SEEDS" extended="$EXTENDED" guard="$GUARD" clip="$CLIP" force="$FORCE" gpus="$GPUS" threads="$THREADS" \
   || STATUS=$?
 [ ${#DRY[@]} -gt 0 ] && exit "$STATUS"
 echo "==> profile $PROFILE: report results/$PROFILE/report.html, figures figures/$PROFILE/ (exit $STATUS)"

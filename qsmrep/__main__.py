@@ -59,6 +59,7 @@ def _add_study_options(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated arms: {', '.join(registry.ARMS)} (default: {registry.DEFAULT_ARM})")
     p.add_argument("--extended", action="store_true", help="include the extended activation sweep")
     p.add_argument("--guard", action="store_true", help="include the fp32 twins of the precision guard")
+    p.add_argument("--clip", action="store_true", help="include the gradient-clipped twins of the default arm")
 
 
 def parse_arms(text: str) -> tuple[str, ...]:
@@ -178,7 +179,7 @@ def _run(args) -> int:
         from qsmrep.runfolder import RunFolder
 
         Config.from_profile(args.profile)
-        for spec in study_runs(args.profile, parse_arms(args.arms), args.seeds, args.extended, args.guard):
+        for spec in study_runs(args.profile, parse_arms(args.arms), args.seeds, args.extended, args.guard, args.clip):
             folder = RunFolder(spec.folder())
             if not args.todo:
                 print(f"{spec.key}\t{folder.status()}")

@@ -417,3 +417,24 @@ def precision_guard(fast: pd.DataFrame, fp32: pd.DataFrame, tolerance: float = G
     return table, {"pairs": int(len(d)), "mean": mean, "low": low, "high": high,
                    "max_abs": float(np.nanmax(np.abs(d))) if len(d) else np.nan,
                    "speedup": float(table.speedup.median()), "verdict": verdict, "tolerance": tolerance}
+
+
+def clipping_trial(plain: pd.DataFrame, clipped: pd.DataFrame) -> pd.DataFrame:
+    """Each clipped twin beside its unclipped run: end-level validation NRMSE and whether each diverged.
+
+    ``plain``: histories of the paper runs; ``clipped``: histories of their twins trained with the gradient's
+    global norm clipped (``grad_clip``); both with arm, activation, channels, seed and ``diverged`` columns.
+    """
+    keys = ["arm", "activation", "channels", "seed"]
+    rows = []
+    for key, twin in clipped.groupby(keys):
+        run = plain[(plain[keys] == pd.Series(dict(zip(keys, key)))).all(axis=1)]
+        if not len(run):
+            continue
+        row = dict(zip(keys, key))
+        for name, frame in (("without clipping", run), ("with clipping", twin)):
+            frame = frame.sort_values("epoch")
+            row[f"end-level val NRMSE {name}"] = end_level(frame["val_nrmse"])
+            row[f"diverged {name}"] = bool(frame.get("diverged", pd.Series(False, index=frame.index)).astype(bool).any())
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -5,6 +5,7 @@ Layout (relative to the project root)::
     results/<profile>/runs/<arm>/<activation><channels>_s<seed>/   one training run of the paper's variants (git-ignored)
     results/<profile>/sweep/<arm>/<name>_s<seed>/                  the extended activation sweep (git-ignored)
     results/<profile>/guard/<arm>/<activation><channels>_s<seed>/  fp32 twins for the precision guard (git-ignored)
+    results/<profile>/clip/<arm>/<activation><channels>_s<seed>/   gradient-clipped twins of the default arm (git-ignored)
     results/<profile>/histories.csv, costs.csv, dead_units.csv, run_status.csv   all runs, with an ``arm`` column
     results/<profile>/metrics_per_map.csv, metrics_summary.csv, metrics_phantom.csv   test metrics (qsmrep.evaluate)
     results/<profile>/arrays.npz                                   ground truth and predictions for the figures
@@ -27,9 +28,10 @@ from qsmrep.config import Config
 from qsmrep.runfolder import DIVERGED, RunFolder, checkpoint_name, load_checkpoint
 from qsmrep.unet import UNet3D, count_parameters
 
-KINDS = {"paper": "runs", "sweep": "sweep", "guard": "guard"}  # kind of run → folder under results/<profile>
-#: what the precision guard trains beside each run of the adopted setting: the plain fp32 path
-GUARD_OVERRIDES = {"precision": "fp32", "memory_format": "contiguous"}
+KINDS = {"paper": "runs", "sweep": "sweep", "guard": "guard", "clip": "clip"}  # kind of run → folder under results/<profile>
+#: what each kind of twin changes against the paper run of the same arm, variant and seed: the precision guard
+#: trains the plain fp32 path; the clipping trial clips the gradient's global norm at 1 (a common default, not tuned)
+TWIN_OVERRIDES = {"guard": {"precision": "fp32", "memory_format": "contiguous"}, "clip": {"grad_clip": 1.0}}
 
 
 def project_root(start: str | Path | None = None) -> Path:
@@ -59,7 +61,7 @@ class RunSpec:
     """One training run of the study: which model, arm and seed, and where its folder is."""
 
     profile: str
-    kind: str  # paper | sweep | guard
+    kind: str  # paper | sweep | guard | clip
     arm: str
     activation: str
     channels: int
@@ -68,7 +70,7 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        """Folder name: ``elu16_s0`` (paper, guard) or ``leaky_relu-0.01_s0`` (sweep)."""
+        """Folder name: ``elu16_s0`` (paper, guard, clip) or ``leaky_relu-0.01_s0`` (sweep)."""
         base = sweep_name(self.activation, self.activation_params) if self.kind == "sweep" else \
             registry.variant_name(self.activation, self.channels)
         return f"{base}_s{self.seed}"
@@ -82,15 +84,16 @@ class RunSpec:
         return results_dir(self.profile, root) / KINDS[self.kind] / self.arm / self.name
 
     def config(self) -> Config:
-        overrides = GUARD_OVERRIDES if self.kind == "guard" else {}
+        overrides = TWIN_OVERRIDES.get(self.kind, {})
         return Config.from_profile(self.profile, activation=self.activation, activation_params=self.activation_params,
                                    initial_channels=self.channels, seed=self.seed, norm=self.arm, **overrides)
 
 
 def study_runs(profile: str, arms=(registry.DEFAULT_ARM,), seeds: int = 1, extended: bool = False,
-               guard: bool = False) -> list[RunSpec]:
+               guard: bool = False, clip: bool = False) -> list[RunSpec]:
     """Every training run of a study: the six paper variants per arm and seed; with ``extended`` the
-    activation sweep (default arm only); with ``guard`` an fp32 twin of every paper variant's seed 0."""
+    activation sweep (default arm only); with ``guard`` an fp32 twin of every paper variant's seed 0; with
+    ``clip`` a gradient-clipped twin of every variant's seed 0 in the default arm."""
     if seeds < 1:
         raise ValueError(f"seeds: must be ≥ 1, got {seeds}")
     for arm in arms:
@@ -102,12 +105,14 @@ def study_runs(profile: str, arms=(registry.DEFAULT_ARM,), seeds: int = 1, exten
                  for seed in range(seeds) for a, params in registry.SWEEP]
     if guard:
         runs += [RunSpec(profile, "guard", arm, a, c, 0) for arm in arms for a, c in registry.PAPER_VARIANTS]
+    if clip:
+        runs += [RunSpec(profile, "clip", registry.DEFAULT_ARM, a, c, 0) for a, c in registry.PAPER_VARIANTS]
     return runs
 
 
 def run_spec(profile: str, key: str) -> RunSpec:
     """The :class:`RunSpec` of a ``<kind>/<arm>/<name>`` key (the inverse of :attr:`RunSpec.key`)."""
-    for spec in study_runs(profile, registry.ARMS, seeds=_seed_of(key) + 1, extended=True, guard=True):
+    for spec in study_runs(profile, registry.ARMS, seeds=_seed_of(key) + 1, extended=True, guard=True, clip=True):
         if spec.key == key:
             return spec
     raise ValueError(f"run: no run {key!r} in profile {profile!r}")

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from qsmrep.results import GUARD_OVERRIDES, project_root, results_dir, run_spec
+from qsmrep.results import TWIN_OVERRIDES, project_root, results_dir, run_spec
 from qsmrep.runfolder import RunFolder
 
 
@@ -61,7 +61,7 @@ def train_job(profile: str, key: str, force: bool = False, gpus: int = 0) -> int
     notebooks.mkdir(parents=True, exist_ok=True)
     stem = key.replace("/", "_")
     log = notebooks / f"train_{stem}.log"
-    overrides = dict(GUARD_OVERRIDES) if spec.kind == "guard" else {}
+    overrides = dict(TWIN_OVERRIDES.get(spec.kind, {}))
     if spec.activation_params:
         overrides["activation_params"] = spec.activation_params
     command = [sys.executable, "-m", "papermill", str(root / "notebooks" / "10_train.ipynb"),

@@ -267,3 +267,22 @@ def test_a_finite_validation_blow_up_counts_as_divergence():
     stopped = divergence_of(history.iloc[:2], {"status": "diverged", "epoch": 3, "iteration": 5,
                                                "last_finite": {"train_loss": 0.2, "val_nrmse": 90.0}})
     assert (stopped["diverged_kind"], stopped["diverged_epoch"], stopped["last_finite_val_nrmse"]) == ("non-finite", 3, 90.0)
+
+
+def test_clipping_trial_pairs_each_twin_with_its_run():
+    from qsmrep.report import clipping_trial
+    from qsmrep.results import study_runs
+
+    clip = [r for r in study_runs("cpu", clip=True) if r.kind == "clip"]
+    assert len(clip) == 6 and {r.seed for r in clip} == {0} and all(r.config().grad_clip == 1.0 for r in clip)
+    assert all(r.config().grad_clip == 0.0 for r in study_runs("cpu") if r.kind == "paper")
+
+    def runs(level, diverged):
+        return pd.DataFrame([{"arm": "none", "activation": a, "channels": c, "seed": 0, "epoch": e,
+                              "val_nrmse": level(a, c), "diverged": diverged(a, c)} for a, c in VARIANTS for e in range(1, 6)])
+    blown = lambda a, c: (a, c) == ("leaky_relu", 16)  # noqa: E731
+    table = clipping_trial(runs(lambda a, c: 1e5 if blown(a, c) else 40.0, blown),
+                           runs(lambda a, c: 42.0, lambda a, c: False)).set_index(["activation", "channels"])
+    assert len(table) == 6
+    assert table.loc[("leaky_relu", 16), "diverged without clipping"] and not table.loc[("leaky_relu", 16), "diverged with clipping"]
+    assert table.loc[("elu", 32), "end-level val NRMSE with clipping"] == 42.0
