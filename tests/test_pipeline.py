@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -47,6 +48,8 @@ def test_notebook_is_clean_and_parameterised(path):
     assert cells[0]["cell_type"] == "markdown" and "Reads" in "".join(cells[0]["source"])
     code = [c for c in cells if c["cell_type"] == "code"]
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "notebook has outputs"
+    for cell in code:  # every cell is valid Python (IPython magics aside)
+        ast.parse("\n".join(line for line in "".join(cell["source"]).splitlines() if not line.startswith("%")))
     params = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(params) == 1
     for line in "".join(params[0]["source"]).splitlines():
