@@ -184,3 +184,29 @@ def evaluate_runs(checkpoints: dict[str, str | Path], out: str | Path, config: C
     arrays.update(phantom_arrays)
     io.save_npz(out / "arrays.npz", **arrays)
     return per_map
+
+
+def crop_check(path: str | Path, n_maps: int = 4, device: str = "auto") -> dict:
+    """Mean validation NRMSE of a checkpoint on full maps and on centre crops of its training patch size.
+
+    A diagnostic for runs whose validation blew up while training stayed finite: a network that is fine on
+    patch-sized inputs but not on full maps learned something that depends on the input's extent (at the
+    ``cpu`` profile a 32³ patch reaches the 5-level U-Net's bottleneck as 2³, a 64³ map as 4³)."""
+    from qsmrep.metrics import nrmse
+
+    dev = resolve_device(device)
+    model, config, epoch = load_model(path, dev)
+    maps = SyntheticMaps.from_config(config, "val", device="cpu", cache=True, n=min(n_maps, config.n_val))
+    precision = inference_precision(config, dev)
+    lo = (config.map_size - config.patch_size) // 2
+    window = (slice(lo, lo + config.patch_size),) * 3
+    full, crop = [], []
+    for index in range(len(maps)):
+        sample = maps[index]
+        chi, mask = sample["chi"][0], sample["mask"][0]
+        full.append(nrmse(predict(model, sample["field"][0], dev, precision, config.memory_format), chi, mask))
+        crop.append(nrmse(predict(model, sample["field"][0][window], dev, precision, config.memory_format),
+                          chi[window], mask[window]))
+    return {"arm": config.arm, "activation": config.activation, "channels": config.initial_channels, "seed": config.seed,
+            "epoch": epoch, "maps": len(maps), "val_nrmse_full_maps": sum(full) / len(full),
+            f"val_nrmse_centre_crops_{config.patch_size}": sum(crop) / len(crop)}

@@ -323,6 +323,16 @@ def test_evaluate_runs_with_baselines(reference, tmp_path):
         evaluate_runs(checkpoints, tmp_path / "other", cfg.replace(data_seed=7), device="cpu")
 
 
+def test_crop_check_scores_full_maps_and_patch_sized_crops(reference):
+    from qsmrep.evaluate import crop_check
+
+    cfg, out, history = reference
+    row = crop_check(out / checkpoint_name(cfg.epochs), n_maps=2, device="cpu")
+    assert (row["arm"], row["channels"], row["epoch"], row["maps"]) == (cfg.arm, 4, cfg.epochs, 2)
+    assert row["val_nrmse_full_maps"] == pytest.approx(history["val_nrmse"].iloc[-1], rel=1e-3)  # validation's own number
+    assert 0 < row[f"val_nrmse_centre_crops_{cfg.patch_size}"] < 1000
+
+
 def test_load_refuses_other_architecture(reference, tmp_path):
     cfg, out, _ = reference
     path = out / checkpoint_name(cfg.epochs)
