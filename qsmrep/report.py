@@ -390,16 +390,11 @@ def precision_guard(fast: pd.DataFrame, fp32: pd.DataFrame, tolerance: float = G
 
     Returns ``(table, summary)``; summary keys: pairs, mean, low, high, max_abs, speedup, verdict.
     """
-    keys = ["arm", "activation", "channels", "seed"]
     rows = []
-    for key, twin in fp32.groupby(keys):
-        run = fast[(fast[keys] == pd.Series(dict(zip(keys, key)))).all(axis=1)]
-        if not len(run):
-            continue
-        twin, run = twin.sort_values("epoch"), run.sort_values("epoch")
-        usable = not any(frame.get("diverged", pd.Series(False, index=frame.index)).astype(bool).any() for frame in (run, twin))
+    for key, run, twin in _twins(fast, fp32):
+        usable = not (_diverged(run) or _diverged(twin))
         a, b = end_level(run["val_nrmse"]), end_level(twin["val_nrmse"])
-        rows.append({**dict(zip(keys, key)), "precision": run["precision"].iloc[0] if "precision" in run else "",
+        rows.append({**key, "precision": run["precision"].iloc[0] if "precision" in run else "",
                      "val_nrmse_fast": a, "val_nrmse_fp32": b, "relative_difference": (a - b) / b if usable else np.nan,
                      "speedup": float(twin["seconds"].iloc[1:].median() / run["seconds"].iloc[1:].median())
                      if len(run) > 1 and len(twin) > 1 else np.nan, "used": usable})
@@ -425,16 +420,25 @@ def clipping_trial(plain: pd.DataFrame, clipped: pd.DataFrame) -> pd.DataFrame:
     ``plain``: histories of the paper runs; ``clipped``: histories of their twins trained with the gradient's
     global norm clipped (``grad_clip``); both with arm, activation, channels, seed and ``diverged`` columns.
     """
-    keys = ["arm", "activation", "channels", "seed"]
     rows = []
-    for key, twin in clipped.groupby(keys):
-        run = plain[(plain[keys] == pd.Series(dict(zip(keys, key)))).all(axis=1)]
-        if not len(run):
-            continue
-        row = dict(zip(keys, key))
+    for key, run, twin in _twins(plain, clipped):
+        row = dict(key)
         for name, frame in (("without clipping", run), ("with clipping", twin)):
-            frame = frame.sort_values("epoch")
             row[f"end-level val NRMSE {name}"] = end_level(frame["val_nrmse"])
-            row[f"diverged {name}"] = bool(frame.get("diverged", pd.Series(False, index=frame.index)).astype(bool).any())
+            row[f"diverged {name}"] = _diverged(frame)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _twins(runs: pd.DataFrame, twins: pd.DataFrame):
+    """(key, run history, twin history) for every twin with a run of the same arm, variant and seed, by epoch."""
+    keys = ["arm", "activation", "channels", "seed"]
+    for values, twin in twins.groupby(keys):
+        key = dict(zip(keys, values))
+        run = runs[(runs[keys] == pd.Series(key)).all(axis=1)]
+        if len(run):
+            yield key, run.sort_values("epoch"), twin.sort_values("epoch")
+
+
+def _diverged(history: pd.DataFrame) -> bool:
+    return bool(history.get("diverged", pd.Series(False, index=history.index)).astype(bool).any())

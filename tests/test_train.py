@@ -79,6 +79,21 @@ class _Boom(Exception):
     pass
 
 
+def _stop_after_epoch(monkeypatch, cfg, out, epoch: int) -> None:
+    """Train ``cfg`` into ``out`` and crash right after epoch ``epoch`` was fully written."""
+    original = RunFolder.write_history
+
+    def write_then_die(self, rows):
+        original(self, rows)
+        if len(rows) == epoch:
+            raise _Boom(f"after epoch {epoch}")
+
+    monkeypatch.setattr(RunFolder, "write_history", write_then_die)
+    with pytest.raises(_Boom):
+        train(cfg, out, progress=False)
+    monkeypatch.setattr(RunFolder, "write_history", original)
+
+
 def _inject(monkeypatch, at_call: int, kind: str = "loss"):
     """Make the ``at_call``-th training loss (1-based, grad-enabled calls only) non-finite.
 
@@ -162,17 +177,7 @@ def test_different_config_in_same_folder_is_refused(reference):
 def test_interrupted_and_resumed_run_is_identical(reference, tmp_path, monkeypatch):
     cfg, ref_out, ref_history = reference
     # 1) stop right after epoch 3 was fully written
-    original = RunFolder.write_history
-
-    def write_then_die(self, rows):
-        original(self, rows)
-        if len(rows) == 3:
-            raise _Boom("after epoch 3")
-
-    monkeypatch.setattr(RunFolder, "write_history", write_then_die)
-    with pytest.raises(_Boom):
-        train(cfg, tmp_path, progress=False)
-    monkeypatch.setattr(RunFolder, "write_history", original)
+    _stop_after_epoch(monkeypatch, cfg, tmp_path, 3)
     assert len(read_history(tmp_path)) == 3
     # 2) crash in the middle of epoch 6 (iteration 2 of 4): epochs 4, 5 are kept
     _inject(monkeypatch, at_call=2 * cfg.iterations + 2, kind="raise")
@@ -375,3 +380,16 @@ def test_one_process_trains_in_a_folder_at_a_time(tmp_path):
                 pass
     with RunFolder(tmp_path / "run").lock(wait_seconds=0.2):  # released when the holder leaves
         pass
+
+
+@pytest.mark.slow
+def test_compiled_training_step_learns_records_dead_units_and_resumes(tmp_path, monkeypatch):
+    """compile=on (torch.compile of the training step): the run learns, the dead-unit recorder (hooks on the
+    uncompiled model that validation uses) still records, and an interrupted run resumes."""
+    cfg = tiny(compile="on", epochs=4, early_epoch=1, precision="fp32")
+    _stop_after_epoch(monkeypatch, cfg, tmp_path, 2)
+    history = train(cfg, tmp_path, progress=False)
+    assert list(history["epoch"]) == [1, 2, 3, 4] and RunFolder(tmp_path).status() == "finished"
+    assert history["val_nrmse"].iloc[-1] < history["val_nrmse"].iloc[0]
+    assert history["dead_fraction"].notna().all()
+    assert Config.load(tmp_path / "config.yaml").compile == "on"
