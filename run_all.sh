@@ -5,7 +5,7 @@
 {
 set -euo pipefail
 usage() { cat <<'USAGE'
-usage: ./run_all.sh [--profile P] [--arm A] [--seeds N] [--jobs N] [--extended] [--guard] [--clip] [--force] [--dry-run]
+usage: ./run_all.sh [--profile P] [--arm A] [--seeds N] [--jobs N] [--extended] [--guard] [--clip] [--widths W] [--force] [--dry-run]
   --profile P   smoke (tests, ~2 min), cpu (default; 2-core CPU), gpu (one GPU, minutes), paper (GPU, hours per model)
   --arm A       none (default: the standard U-Net of the paper), batch (batch normalisation) or both
   --seeds N     train every variant with seeds 0..N-1 (default 1)
@@ -13,16 +13,17 @@ usage: ./run_all.sh [--profile P] [--arm A] [--seeds N] [--jobs N] [--extended] 
   --extended    also the activation sweep at 16 channels (default arm)
   --guard       also fp32 twins of seed 0 for the accuracy guard of the fast precision
   --clip        also gradient-clipped twins (global norm 1) of seed 0 in the default arm
+  --widths W    the twins (--guard, --clip) only at these initial channels, e.g. 16 (default: all)
   --force       redo every step, retraining from scratch (otherwise finished steps are skipped)
   --dry-run     show what would run, and why, without running it
 USAGE
 }
 die() { echo "run_all.sh: error: $*" >&2; exit 2; }
-PROFILE=cpu ARM=none SEEDS=1 JOBS=1 EXTENDED=0 GUARD=0 CLIP=0 FORCE=0 DRY=() QUIET=(--quiet rules host)
+PROFILE=cpu ARM=none SEEDS=1 JOBS=1 WIDTHS= EXTENDED=0 GUARD=0 CLIP=0 FORCE=0 DRY=() QUIET=(--quiet rules host)
 while [ $# -gt 0 ]; do
   case "$1" in
-    --profile|--arm|--seeds|--jobs) [ $# -ge 2 ] || die "$1 needs a value"; declare "$(tr a-z A-Z <<< "${1#--}")=$2"; shift 2 ;;
-    --profile=*|--arm=*|--seeds=*|--jobs=*) name="${1%%=*}"; declare "$(tr a-z A-Z <<< "${name#--}")=${1#*=}"; shift ;;
+    --profile|--arm|--seeds|--jobs|--widths) [ $# -ge 2 ] || die "$1 needs a value"; declare "$(tr a-z A-Z <<< "${1#--}")=$2"; shift 2 ;;
+    --profile=*|--arm=*|--seeds=*|--jobs=*|--widths=*) name="${1%%=*}"; declare "$(tr a-z A-Z <<< "${name#--}")=${1#*=}"; shift ;;
     --extended) EXTENDED=1; shift ;;
     --guard) GUARD=1; shift ;;
     --clip) CLIP=1; shift ;;
@@ -33,7 +34,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 cd "$(dirname "$0")"
-python3 -m qsmrep.registry profile "$PROFILE" && python3 -m qsmrep.registry arm "$ARM" || exit 2
+python3 -m qsmrep.registry profile "$PROFILE" && python3 -m qsmrep.registry arm "$ARM" && python3 -m qsmrep.registry widths "$WIDTHS" || exit 2
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || die "--jobs must be a positive integer, got '$JOBS'"
 [[ "$SEEDS" =~ ^[1-9][0-9]*$ ]] || die "--seeds must be a positive integer, got '$SEEDS'"
 ARMS=$([ "$ARM" = both ] && echo none,batch || echo "$ARM")
@@ -49,7 +50,7 @@ CORES=$(nproc); THREADS=$(( CORES / JOBS > 0 ? CORES / JOBS : 1 ))
 STATUS=0
 "$PY" -m snakemake --snakefile workflow/Snakefile --directory . --cores $(( THREADS * JOBS )) --resources gpu="$GPUS" --nolock \
   --keep-going --rerun-incomplete --max-checksum-file-size 0 "${QUIET[@]}" "${DRY[@]}" $([ "$FORCE" = 1 ] && echo --forceall) \
-  --config profile="$PROFILE" arms="$ARMS" seeds="$SEEDS" extended="$EXTENDED" guard="$GUARD" clip="$CLIP" force="$FORCE" gpus="$GPUS" threads="$THREADS" \
+  --config profile="$PROFILE" arms="$ARMS" seeds="$SEEDS" extended="$EXTENDED" guard="$GUARD" clip="$CLIP" widths="$WIDTHS" force="$FORCE" gpus="$GPUS" threads="$THREADS" \
   || STATUS=$?
 [ ${#DRY[@]} -gt 0 ] && exit "$STATUS"
 echo "==> profile $PROFILE: report results/$PROFILE/report.html, figures figures/$PROFILE/ (exit $STATUS)"

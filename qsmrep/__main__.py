@@ -60,6 +60,15 @@ def _add_study_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extended", action="store_true", help="include the extended activation sweep")
     p.add_argument("--guard", action="store_true", help="include the fp32 twins of the precision guard")
     p.add_argument("--clip", action="store_true", help="include the gradient-clipped twins of the default arm")
+    p.add_argument("--widths", type=_widths, default=registry.PAPER_CHANNELS,
+                   help="initial channels of the twins, e.g. 16 (default: all)")
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        return registry.parse_widths(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def parse_arms(text: str) -> tuple[str, ...]:
@@ -179,7 +188,8 @@ def _run(args) -> int:
         from qsmrep.runfolder import RunFolder
 
         Config.from_profile(args.profile)
-        for spec in study_runs(args.profile, parse_arms(args.arms), args.seeds, args.extended, args.guard, args.clip):
+        for spec in study_runs(args.profile, parse_arms(args.arms), args.seeds, args.extended, args.guard, args.clip,
+                               args.widths):
             folder = RunFolder(spec.folder())
             if not args.todo:
                 print(f"{spec.key}\t{folder.status()}")

@@ -68,15 +68,28 @@ def check_choice(name: str, value, options: Iterable) -> None:
         raise ValueError(f"{name}: {value!r} is not one of {options}{did_you_mean(value, options)}")
 
 
-_CHOICES = {"profile": PROFILE_NAMES, "arm": (*ARMS, "both")}
+_CHOICES = {"profile": PROFILE_NAMES, "arm": (*ARMS, "both"), "widths": PAPER_CHANNELS}
+
+
+def parse_widths(text: str) -> tuple[int, ...]:
+    """``"16,32"`` → ``(16, 32)``: initial-channel counts of the paper's variants (``""``: all of them);
+    ValueError on any other."""
+    if not str(text).strip():
+        return PAPER_CHANNELS
+    widths = []
+    for item in str(text).split(","):
+        width = int(item) if item.strip().isdigit() else item.strip()
+        check_choice("widths", width, PAPER_CHANNELS)
+        widths.append(width)
+    return tuple(widths)
 
 
 def main(argv: list[str]) -> int:
-    """``python3 -m qsmrep.registry NAME VALUE``: exit 0 when VALUE is a valid NAME (profile, arm), else one
-    error line and exit 2. Needs no third-party package, so ``run_all.sh`` checks its options before set-up."""
+    """``python3 -m qsmrep.registry NAME VALUE``: exit 0 when VALUE is a valid NAME (profile, arm, widths),
+    else one error line and exit 2. Needs no third-party package, so ``run_all.sh`` checks its options before set-up."""
     name, value = argv
     try:
-        check_choice(name, value, _CHOICES[name])
+        parse_widths(value) if name == "widths" else check_choice(name, value, _CHOICES[name])
     except ValueError as err:
         print(f"run_all.sh: error: --{err}", file=sys.stderr)
         return 2

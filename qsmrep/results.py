@@ -90,10 +90,12 @@ class RunSpec:
 
 
 def study_runs(profile: str, arms=(registry.DEFAULT_ARM,), seeds: int = 1, extended: bool = False,
-               guard: bool = False, clip: bool = False) -> list[RunSpec]:
+               guard: bool = False, clip: bool = False,
+               widths: tuple[int, ...] = registry.PAPER_CHANNELS) -> list[RunSpec]:
     """Every training run of a study: the six paper variants per arm and seed; with ``extended`` the
     activation sweep (default arm only); with ``guard`` an fp32 twin of every paper variant's seed 0; with
-    ``clip`` a gradient-clipped twin of every variant's seed 0 in the default arm."""
+    ``clip`` a gradient-clipped twin of every variant's seed 0 in the default arm. The twins (guard, clip)
+    cover the variants with ``widths`` initial channels (both widths by default)."""
     if seeds < 1:
         raise ValueError(f"seeds: must be ≥ 1, got {seeds}")
     for arm in arms:
@@ -103,10 +105,13 @@ def study_runs(profile: str, arms=(registry.DEFAULT_ARM,), seeds: int = 1, exten
     if extended:
         runs += [RunSpec(profile, "sweep", registry.DEFAULT_ARM, a, registry.SWEEP_CHANNELS, seed, dict(params))
                  for seed in range(seeds) for a, params in registry.SWEEP]
+    for width in widths:
+        registry.check_choice("widths", width, registry.PAPER_CHANNELS)
+    twins = [(a, c) for a, c in registry.PAPER_VARIANTS if c in widths]
     if guard:
-        runs += [RunSpec(profile, "guard", arm, a, c, 0) for arm in arms for a, c in registry.PAPER_VARIANTS]
+        runs += [RunSpec(profile, "guard", arm, a, c, 0) for arm in arms for a, c in twins]
     if clip:
-        runs += [RunSpec(profile, "clip", registry.DEFAULT_ARM, a, c, 0) for a, c in registry.PAPER_VARIANTS]
+        runs += [RunSpec(profile, "clip", registry.DEFAULT_ARM, a, c, 0) for a, c in twins]
     return runs
 
 

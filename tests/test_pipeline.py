@@ -232,7 +232,8 @@ def test_run_all_is_short_and_no_list_of_the_variants_lives_outside_the_registry
 
 def test_run_all_rejects_bad_options():
     for args, word in ((["--profile", "cpux"], "cpux"), (["--jobs", "0"], "--jobs"), (["--bogus"], "--bogus"),
-                       (["--arm", "bn"], "arm"), (["--seeds", "x"], "--seeds"), (["--profile"], "--profile")):
+                       (["--arm", "bn"], "arm"), (["--seeds", "x"], "--seeds"), (["--profile"], "--profile"),
+                       (["--widths", "24"], "widths")):
         result = subprocess.run(["bash", str(ROOT / "run_all.sh"), *args], capture_output=True, text=True, timeout=60)
         assert result.returncode == 2 and word in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1

@@ -276,6 +276,11 @@ def test_clipping_trial_pairs_each_twin_with_its_run():
     clip = [r for r in study_runs("cpu", clip=True) if r.kind == "clip"]
     assert len(clip) == 6 and {r.seed for r in clip} == {0} and all(r.config().grad_clip == 1.0 for r in clip)
     assert all(r.config().grad_clip == 0.0 for r in study_runs("cpu") if r.kind == "paper")
+    narrow = study_runs("cpu", arms=("none", "batch"), guard=True, clip=True, widths=(16,))
+    assert sorted((r.kind, r.arm, r.channels) for r in narrow if r.kind != "paper") == sorted(
+        [("guard", arm, 16) for arm in ("none", "batch") for _ in range(3)] + [("clip", "none", 16)] * 3)
+    with pytest.raises(ValueError, match="widths"):
+        study_runs("cpu", clip=True, widths=(24,))
 
     def runs(level, diverged):
         return pd.DataFrame([{"arm": "none", "activation": a, "channels": c, "seed": 0, "epoch": e,
