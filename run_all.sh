@@ -7,19 +7,19 @@ set -euo pipefail
 usage() { cat <<'USAGE'
 usage: ./run_all.sh [--profile P] [--arm A] [--seeds N] [--jobs N] [--extended] [--guard] [--clip] [--widths W] [--force] [--dry-run]
   --profile P   smoke (tests, ~2 min), cpu (default; 2-core CPU), gpu (one GPU, minutes), paper (GPU, hours per model)
-  --arm A       none (default: the standard U-Net of the paper), batch (batch normalisation) or both
+  --arm A       batch (default: batch normalisation), none (the standard U-Net of the paper) or both
   --seeds N     train every variant with seeds 0..N-1 (default 1)
   --jobs N      run N steps at once (CPU threads are split between them; on several GPUs one GPU each)
   --extended    also the activation sweep at 16 channels (default arm)
   --guard       also fp32 twins of seed 0 for the accuracy guard of the fast precision
-  --clip        also gradient-clipped twins (global norm 1) of seed 0 in the default arm
+  --clip        also gradient-clipped twins (global norm 1) of seed 0 of the standard U-Net (arm none)
   --widths W    the twins (--guard, --clip) only at these initial channels, e.g. 16 (default: all)
   --force       redo every step, retraining from scratch (otherwise finished steps are skipped)
   --dry-run     show what would run, and why, without running it
 USAGE
 }
 die() { echo "run_all.sh: error: $*" >&2; exit 2; }
-PROFILE=cpu ARM=none SEEDS=1 JOBS=1 WIDTHS= EXTENDED=0 GUARD=0 CLIP=0 FORCE=0 DRY=() QUIET=(--quiet rules host)
+PROFILE=cpu ARM=batch SEEDS=1 JOBS=1 WIDTHS= EXTENDED=0 GUARD=0 CLIP=0 FORCE=0 DRY=() QUIET=(--quiet rules host)
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile|--arm|--seeds|--jobs|--widths) [ $# -ge 2 ] || die "$1 needs a value"; declare "$(tr a-z A-Z <<< "${1#--}")=$2"; shift 2 ;;
@@ -35,9 +35,9 @@ while [ $# -gt 0 ]; do
 done
 cd "$(dirname "$0")"
 python3 -m qsmrep.registry profile "$PROFILE" && python3 -m qsmrep.registry arm "$ARM" && python3 -m qsmrep.registry widths "$WIDTHS" || exit 2
-[[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || die "--jobs must be a positive integer, got '$JOBS'"
-[[ "$SEEDS" =~ ^[1-9][0-9]*$ ]] || die "--seeds must be a positive integer, got '$SEEDS'"
-ARMS=$([ "$ARM" = both ] && echo none,batch || echo "$ARM")
+for n in JOBS SEEDS; do [[ "${!n}" =~ ^[1-9][0-9]*$ ]] || die "--${n,,} must be a positive integer, got '${!n}'"; done
+ARMS=$([ "$ARM" = both ] && echo batch,none || echo "$ARM")
+[[ $CLIP = 0 || $ARMS = *none* ]] || die "--clip twins the standard U-Net: use it with --arm none or --arm both"
 
 source scripts/ensure_env.sh
 mkdir -p "results/$PROFILE/notebooks"

@@ -59,7 +59,7 @@ def _add_study_options(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated arms: {', '.join(registry.ARMS)} (default: {registry.DEFAULT_ARM})")
     p.add_argument("--extended", action="store_true", help="include the extended activation sweep")
     p.add_argument("--guard", action="store_true", help="include the fp32 twins of the precision guard")
-    p.add_argument("--clip", action="store_true", help="include the gradient-clipped twins of the default arm")
+    p.add_argument("--clip", action="store_true", help="include the gradient-clipped twins of the standard U-Net (arm none)")
     p.add_argument("--widths", type=_widths, default=registry.PAPER_CHANNELS,
                    help="initial channels of the twins, e.g. 16 (default: all)")
 

@@ -58,7 +58,7 @@ class Config:
     activation_params: dict = field(default_factory=dict)  # e.g. {"negative_slope": 0.2}; {} = registry defaults
     initial_channels: int = 16  # channels of the first level, doubled per level (paper: 16 or 32)
     depth: int = 5  # levels of the U-Net (paper: five)
-    norm: str = registry.DEFAULT_ARM  # the arm: none (standard U-Net, Ronneberger 2015) | batch (Çiçek 2016) | instance | group
+    norm: str = registry.DEFAULT_ARM  # the arm: batch (Çiçek 2016; default) | none (standard U-Net, Ronneberger 2015) | instance | group
     init: str = "he"  # weight initialisation: he (Kaiming-normal, as Ronneberger 2015 prescribes) | default (PyTorch's)
     # --- optimisation ---
     patch_size: int = 32  # edge of the random cubic training patches (paper: 160)

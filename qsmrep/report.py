@@ -229,6 +229,29 @@ def compare_arms(claims: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, str]:
     return table, text
 
 
+def default_arm_evidence(status: pd.DataFrame) -> str:
+    """One paragraph: which arm ``./run_all.sh`` trains by default (:data:`qsmrep.registry.DEFAULT_ARM`), the
+    rule that chose it, and this run's evidence: per arm, how many runs diverged, by variant.
+
+    ``status``: the run-status table (:func:`qsmrep.results.run_status_table`) with arm, activation, channels,
+    seed and ``diverged_epoch`` columns."""
+    standard = registry.STANDARD_UNET_ARM
+    text = (f"`./run_all.sh` trains the arm **{registry.DEFAULT_ARM}** unless told otherwise (`--arm none|batch|both`). "
+            f"The rule: the arm closest to the paper's text, the standard U-Net (`{standard}`), unless the evidence "
+            f"shows that it cannot train the paper's variants at this scale.")
+    parts = []
+    for arm, runs in status.groupby("arm", sort=False):
+        gone = divergences(runs)
+        per_variant = gone.groupby(["activation", "channels"]).size()
+        seeds = runs.groupby(["activation", "channels"]).size()
+        listed = ", ".join(f"{variant_key(a, c)} in {n} of {seeds[(a, c)]} seeds" for (a, c), n in per_variant.items())
+        parts.append(f"arm `{arm}`: {len(gone)} of {len(runs)} runs diverged" + (f" ({listed})" if listed else ""))
+    if standard not in set(status.arm):
+        parts.append(f"the arm `{standard}` was not run here (`--arm both` runs it; the committed `cpu` reference "
+                     f"results hold its evidence)")
+    return text + " In this run: " + "; ".join(parts) + "."
+
+
 def _code_changes(git) -> str:
     """Uncommitted changes to tracked files other than the run's own outputs (``results/``, ``figures/``),
     which every run rewrites and which are committed after it."""

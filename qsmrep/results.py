@@ -5,7 +5,7 @@ Layout (relative to the project root)::
     results/<profile>/runs/<arm>/<activation><channels>_s<seed>/   one training run of the paper's variants (git-ignored)
     results/<profile>/sweep/<arm>/<name>_s<seed>/                  the extended activation sweep (git-ignored)
     results/<profile>/guard/<arm>/<activation><channels>_s<seed>/  fp32 twins for the precision guard (git-ignored)
-    results/<profile>/clip/<arm>/<activation><channels>_s<seed>/   gradient-clipped twins of the default arm (git-ignored)
+    results/<profile>/clip/<arm>/<activation><channels>_s<seed>/   gradient-clipped twins of the standard U-Net (git-ignored)
     results/<profile>/histories.csv, costs.csv, dead_units.csv, run_status.csv   all runs, with an ``arm`` column
     results/<profile>/metrics_per_map.csv, metrics_summary.csv, metrics_phantom.csv   test metrics (qsmrep.evaluate)
     results/<profile>/arrays.npz                                   ground truth and predictions for the figures
@@ -94,7 +94,8 @@ def study_runs(profile: str, arms=(registry.DEFAULT_ARM,), seeds: int = 1, exten
                widths: tuple[int, ...] = registry.PAPER_CHANNELS) -> list[RunSpec]:
     """Every training run of a study: the six paper variants per arm and seed; with ``extended`` the
     activation sweep (default arm only); with ``guard`` an fp32 twin of every paper variant's seed 0; with
-    ``clip`` a gradient-clipped twin of every variant's seed 0 in the default arm. The twins (guard, clip)
+    ``clip`` a gradient-clipped twin of every variant's seed 0 in the standard U-Net's arm (``none``, which must
+    be among ``arms``: the trial measures what its divergences owe to the missing clipping). The twins (guard, clip)
     cover the variants with ``widths`` initial channels (both widths by default)."""
     if seeds < 1:
         raise ValueError(f"seeds: must be ≥ 1, got {seeds}")
@@ -111,7 +112,10 @@ def study_runs(profile: str, arms=(registry.DEFAULT_ARM,), seeds: int = 1, exten
     if guard:
         runs += [RunSpec(profile, "guard", arm, a, c, 0) for arm in arms for a, c in twins]
     if clip:
-        runs += [RunSpec(profile, "clip", registry.DEFAULT_ARM, a, c, 0) for a, c in twins]
+        if registry.STANDARD_UNET_ARM not in arms:
+            raise ValueError(f"clip: the clipping trial twins the arm {registry.STANDARD_UNET_ARM!r} (the standard "
+                             f"U-Net), which is not among the arms {list(arms)}; add it (--arm {registry.STANDARD_UNET_ARM} or both)")
+        runs += [RunSpec(profile, "clip", registry.STANDARD_UNET_ARM, a, c, 0) for a, c in twins]
     return runs
 
 

@@ -9,12 +9,14 @@
 * a final 1×1×1 linear convolution to one output channel (χ in ppm).
 
 Choices where the paper is silent (all settings): the normalisation is the study's *arm*
-(:data:`qsmrep.registry.ARMS`). ``norm="none"`` (the default) is the "standard U-Net" the paper names
-and cites, Ronneberger et al. 2015, which has no normalisation layers; ``norm="batch"`` puts batch
+(:data:`qsmrep.registry.ARMS`). ``norm="none"`` is the "standard U-Net" the paper names and cites,
+Ronneberger et al. 2015, which has no normalisation layers; ``norm="batch"`` (the default) puts batch
 normalisation after each convolution, before the activation, as the 3D U-Net of Çiçek et al. 2016
 and the QSM networks the paper builds on (QSMnet, QSMGAN). Batch normalisation re-centres every
 pre-activation and so removes most "dying ReLU" units, the mechanism of the paper's discussion;
-both arms are trained and reported side by side. He initialisation
+both arms are trained and reported side by side. The default is batch because, at the ``cpu``
+profile's scale, the standard U-Net's leaky ReLU models blow up on full-size maps in every seed
+(see :data:`qsmrep.registry.ARMS` and the committed report). He initialisation
 (Kaiming-normal weights with std √(2/fan-in), zero biases), which Ronneberger et al. prescribe for
 the U-Net the paper cites. Measured here: without normalisation, He-initialised ELU networks start
 with outputs about ten times the scale of the target (ELU's positive mean compounds over the

@@ -23,7 +23,7 @@ def test_paper_profile_is_the_paper():
     assert p.iterations == 250  # 250 × 4 patches = one pass over the 1000 maps
     assert (p.lr, p.weight_decay, p.lam) == (1e-3, 0.01, 1.0)
     assert (p.depth, p.chi_norm, p.field_norm) == (5, "l1", "l1")
-    assert (p.precision, p.memory_format, p.compile, p.norm) == ("auto", "auto", "auto", "none")
+    assert (p.precision, p.memory_format, p.compile, p.norm) == ("auto", "auto", "auto", "batch")
 
 
 def test_cpu_and_smoke_profiles():
@@ -41,7 +41,7 @@ def test_cpu_and_smoke_profiles():
 def test_variant_and_model_kwargs():
     cfg = Config.from_profile("smoke", activation="leaky_relu", initial_channels=32)
     assert cfg.variant == "leaky_relu32"
-    assert cfg.model_kwargs() == dict(initial_channels=32, depth=5, activation=("leaky_relu", {}), norm="none", init="he")
+    assert cfg.model_kwargs() == dict(initial_channels=32, depth=5, activation=("leaky_relu", {}), norm="batch", init="he")
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))

@@ -18,6 +18,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from qsmrep import registry
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
@@ -106,7 +108,7 @@ def _killed_mid_training(project, env) -> Path:
     """Start run_all.sh and SIGKILL its whole process group once some training has finished 3 epochs, not all."""
     proc = subprocess.Popen(["bash", "run_all.sh", "--profile", "smoke", "--jobs", "2"], cwd=project, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    runs = project / "results" / "smoke" / "runs" / "none"
+    runs = project / "results" / "smoke" / "runs" / registry.DEFAULT_ARM
     deadline = time.monotonic() + 600
     while True:
         assert proc.poll() is None, "run_all.sh ended before it could be killed"
@@ -124,19 +126,19 @@ def _killed_mid_training(project, env) -> Path:
 
 @pytest.mark.slow
 def test_run_all_smoke_end_to_end(tmp_path):
-    """./run_all.sh --profile smoke --jobs 2 on two (stub) GPUs: killed mid-training and run again, it resumes the
-    interrupted training and never puts two running trainings on one GPU; it writes the report, the figures and the
-    metric tables; a second run does nothing within 30 s; touching qsmrep/metrics.py re-runs evaluation, figures
+    """./run_all.sh --profile smoke --jobs 2 on two (stub) GPUs: killed mid-training and run again with both arms, it
+    resumes the interrupted training, trains the other arm, never puts two running trainings on one GPU, and writes
+    the report with the arms side by side, the figures and the metric tables; a second run does nothing within 30 s; touching qsmrep/metrics.py re-runs evaluation, figures
     and report but no training; a failing step exits non-zero and keeps what is finished."""
     project = _copy_project(tmp_path)
     env = _two_gpu_env(tmp_path)
     interrupted = _killed_mid_training(project, env)
     epochs_before = len(pd.read_csv(interrupted / "history.csv"))
-    first, log = _run_all(project, env, "--jobs", "2")
+    first, log = _run_all(project, env, "--jobs", "2", "--arm", "both")
     assert first.returncode == 0, log[-4000:]
     assert not _gpu_overlaps(log)
     assert len(re.findall(r"started on GPU [01]", log)) >= 1
-    train_log = (project / "results" / "smoke" / "notebooks" / f"train_paper_none_{interrupted.name}.log").read_text()
+    train_log = (project / "results" / "smoke" / "notebooks" / f"train_paper_{registry.DEFAULT_ARM}_{interrupted.name}.log").read_text()
     assert f"resuming {interrupted} from epoch {epochs_before + 1}" in train_log
     history = pd.read_csv(interrupted / "history.csv")
     assert list(history.epoch) == list(range(1, 11))  # each epoch exactly once
@@ -146,37 +148,39 @@ def test_run_all_smoke_end_to_end(tmp_path):
     per_map = pd.read_csv(results / "metrics_per_map.csv")
     assert {"nrmse", "dnrmse", "hfen", "ssim", "xsim", "arm"} <= set(per_map.columns)
     status = pd.read_csv(results / "run_status.csv")
-    assert len(status) == 6 and set(status.status) <= {"finished", "diverged"}
+    assert len(status) == 12 and set(status.status) <= {"finished", "diverged"} and set(status.arm) == set(registry.ARMS)
     html = (results / "report.html").read_text()
     assert not re.findall(r"""(?:src|href)\s*=\s*["'](?:https?:)?//""", html), "report references the network"
     assert html.count("data:image/png;base64") >= 5, "figures are not embedded"
-    for text in ("C1", "C8", "Provenance", "nrmse", "Arm <code>none</code>", "What normalisation changes"):
+    for text in ("C1", "C8", "Provenance", "nrmse", "Arm <code>none</code>", "Arm <code>batch</code>",
+                 "What normalisation changes", "Which arm is the default", "Figure 2 (none)", "Figure 2 (batch)"):
         assert text in html, text
+    assert "Normalisation changes the verdict of" in html  # the side-by-side comparison, not the one-arm note
     summary = pd.read_csv(results / "metrics_summary.csv")
     assert f"{summary.nrmse_mean.iloc[0]:.1f} ±" in html
 
     started = time.monotonic()
-    second, log = _run_all(project, env, timeout=300)
+    second, log = _run_all(project, env, "--arm", "both", timeout=300)
     assert second.returncode == 0, log[-3000:]
     assert time.monotonic() - started < 30
     assert "Nothing to be done" in log and "papermill" not in log.lower()
 
     report_time = (results / "report.html").stat().st_mtime
     (project / "qsmrep" / "metrics.py").touch()
-    dry, log = _run_all(project, env, "--dry-run", timeout=300)
+    dry, log = _run_all(project, env, "--arm", "both", "--dry-run", timeout=300)
     assert dry.returncode == 0, log[-3000:]
     planned = set(re.findall(r"^rule (\w+):", log, flags=re.M))
     assert {"evaluate", "figure2", "figure3", "figure4", "report"} <= planned and "train" not in planned, planned
-    third, log = _run_all(project, env, timeout=600)
+    third, log = _run_all(project, env, "--arm", "both", timeout=600)
     assert third.returncode == 0, log[-3000:]
     assert "started" not in log and (results / "report.html").stat().st_mtime > report_time
 
     # a step that fails: non-zero exit, everything finished is kept
     notebook = project / "notebooks" / "21_fig2_convergence.ipynb"
     notebook.write_text(notebook.read_text().replace("from qsmrep.figures import", "raise RuntimeError('boom')\\nfrom qsmrep.figures import"))
-    failed, log = _run_all(project, env, timeout=600)
+    failed, log = _run_all(project, env, "--arm", "both", timeout=600)
     assert failed.returncode != 0 and "some steps failed" in log and "boom" in log, log[-3000:]
-    assert len(list((results / "runs" / "none").glob("*/DONE.json"))) == 6
+    assert len(list((results / "runs").glob("*/*/DONE.json"))) == 12
     assert (results / "metrics_summary.csv").exists() and (results / "report.html").exists()
 
 

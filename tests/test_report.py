@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from qsmrep import registry
 from qsmrep.registry import PAPER_VARIANTS as VARIANTS
 from qsmrep.report import (
     NOT_REPRODUCED,
@@ -142,6 +143,19 @@ def test_compare_arms_names_the_claims_that_change():
     assert "C8 is" in text and "The verdicts of C1 are the same in both arms" in text
 
 
+def test_default_arm_evidence_counts_the_divergences_of_each_arm():
+    from qsmrep.report import default_arm_evidence
+
+    status = pd.DataFrame([{"arm": arm, "activation": a, "channels": c, "seed": s,
+                            "diverged_epoch": 25 if (arm, a, s) in (("none", "leaky_relu", 0), ("none", "leaky_relu", 1))
+                            else np.nan} for arm in ("batch", "none") for s in (0, 1, 2) for a, c in VARIANTS])
+    text = default_arm_evidence(status)
+    assert f"arm **{registry.DEFAULT_ARM}**" in text
+    assert "arm `none`: 4 of 18 runs diverged (leaky_relu16 in 2 of 3 seeds, leaky_relu32 in 2 of 3 seeds)" in text
+    assert "arm `batch`: 0 of 18 runs diverged" in text
+    assert "was not run here" in default_arm_evidence(status[status.arm == "batch"])
+
+
 def test_precision_guard_statistic():
     def runs(level, arms=("none", "batch")):
         return pd.DataFrame([{"arm": arm, "activation": a, "channels": c, "seed": 0, "epoch": e, "status": "finished",
@@ -273,14 +287,17 @@ def test_clipping_trial_pairs_each_twin_with_its_run():
     from qsmrep.report import clipping_trial
     from qsmrep.results import study_runs
 
-    clip = [r for r in study_runs("cpu", clip=True) if r.kind == "clip"]
-    assert len(clip) == 6 and {r.seed for r in clip} == {0} and all(r.config().grad_clip == 1.0 for r in clip)
+    clip = [r for r in study_runs("cpu", arms=("none",), clip=True) if r.kind == "clip"]
+    assert len(clip) == 6 and {(r.seed, r.arm) for r in clip} == {(0, "none")}
+    assert all(r.config().grad_clip == 1.0 for r in clip)
     assert all(r.config().grad_clip == 0.0 for r in study_runs("cpu") if r.kind == "paper")
     narrow = study_runs("cpu", arms=("none", "batch"), guard=True, clip=True, widths=(16,))
     assert sorted((r.kind, r.arm, r.channels) for r in narrow if r.kind != "paper") == sorted(
         [("guard", arm, 16) for arm in ("none", "batch") for _ in range(3)] + [("clip", "none", 16)] * 3)
     with pytest.raises(ValueError, match="widths"):
-        study_runs("cpu", clip=True, widths=(24,))
+        study_runs("cpu", arms=("none",), clip=True, widths=(24,))
+    with pytest.raises(ValueError, match="standard U-Net"):
+        study_runs("cpu", arms=("batch",), clip=True)
 
     def runs(level, diverged):
         return pd.DataFrame([{"arm": "none", "activation": a, "channels": c, "seed": 0, "epoch": e,

@@ -170,12 +170,12 @@ PAPER_COUNTS_NO_NORM = {16: 5_644_913, 32: 22_575_329}
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu", "elu"])
 @pytest.mark.parametrize("channels", [16, 32])
 def test_parameter_count_of_paper_variants(activation, channels):
-    model = UNet3D(initial_channels=channels, depth=5, activation=activation, norm="batch")
+    model = UNet3D(initial_channels=channels, depth=5, activation=activation)  # default: batch normalisation
     n = count_parameters(model)
     print(f"{activation}{channels}: {n:,} parameters")
     assert _hand_count(channels) == PAPER_COUNTS[channels]
     assert n == PAPER_COUNTS[channels]
-    plain = count_parameters(UNet3D(initial_channels=channels, depth=5, activation=activation))  # default: the standard U-Net
+    plain = count_parameters(UNet3D(initial_channels=channels, depth=5, activation=activation, norm="none"))  # standard U-Net
     assert plain == _hand_count(channels, norm=False) == PAPER_COUNTS_NO_NORM[channels]
 
 
