@@ -408,8 +408,10 @@ def precision_guard(fast: pd.DataFrame, fp32: pd.DataFrame, tolerance: float = G
     d = (NRMSE_fast − NRMSE_fp32) / NRMSE_fp32 of the end levels (median over the last 20 % of epochs),
     and the speed-up (median fp32 seconds per epoch / fast seconds per epoch). Pairs where either run
     diverged are listed, not used. The statistic: mean of d over all pairs with its 95 % t interval;
-    the guard *holds* when the interval lies inside ±``tolerance``, *fails* when the mean lies outside,
-    else it is *undecided* (more seeds needed).
+    the guard *holds* when the interval lies inside ±``tolerance``, *fails* when the interval lies wholly
+    outside it (the fast setting is then surely more than ``tolerance`` worse or better), else it is
+    *undecided*: the pairs are too few or too noisy to tell (a mean outside ±``tolerance`` whose interval
+    reaches into the band decides nothing).
 
     Returns ``(table, summary)``; summary keys: pairs, mean, low, high, max_abs, speedup, verdict.
     """
@@ -428,7 +430,7 @@ def precision_guard(fast: pd.DataFrame, fp32: pd.DataFrame, tolerance: float = G
     mean, low, high = _interval(list(d))
     if np.isfinite(low) and -tolerance <= low and high <= tolerance:
         verdict = "holds"
-    elif np.isfinite(mean) and abs(mean) > tolerance:
+    elif np.isfinite(low) and (low > tolerance or high < -tolerance):
         verdict = "fails"
     else:
         verdict = "undecided"

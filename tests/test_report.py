@@ -172,6 +172,10 @@ def test_precision_guard_statistic():
     _, undecided = precision_guard(runs(lambda a, c: 40.0 * (1 + noisy[(a, c)]), arms=("none",)),
                                    fp32[fp32.arm == "none"])
     assert undecided["verdict"] == "undecided"
+    # a mean outside the band whose interval spans it (few, noisy pairs) decides nothing
+    spread = {k: d for k, d in zip(VARIANTS, (0.013, -0.014, 0.045, -0.012, -0.162, 0.0))}
+    _, wide = precision_guard(runs(lambda a, c: 40.0 * (1 + spread[(a, c)]), arms=("none",)), fp32[fp32.arm == "none"])
+    assert wide["mean"] < -0.02 and wide["low"] < -0.02 < 0.02 < wide["high"] and wide["verdict"] == "undecided"
 
 
 def test_figure_2d_writes_the_configured_loss():
