@@ -1,25 +1,44 @@
 # Sourced by run_all.sh and run_tests.sh: create or reuse the project's Python environment, install
 # what is missing, register the Jupyter kernel "qsmrep". Sets PY (the environment's python).
-#   QSMREP_VENV   where the virtual environment lives (default: <project>/.venv)
-#   QSMREP_PYTHON interpreter that creates it (default: python3; needs ≥ 3.10)
+#   QSMREP_VENV       where the virtual environment lives (default: <project>/.venv)
+#   QSMREP_PYTHON     interpreter that creates it (default: python3; needs ≥ 3.10)
+#   QSMREP_NO_INSTALL 1: no virtual environment and no pip: use QSMREP_PYTHON as it is (e.g. a machine without
+#                     internet whose image has its own torch; missing packages are named, nothing is installed)
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${QSMREP_VENV:-$ROOT/.venv}"
 BASE_PY="${QSMREP_PYTHON:-python3}"
-if [ ! -x "$VENV/bin/python" ]; then
-  echo "==> creating Python environment $VENV"
-  "$BASE_PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
-    || { echo "error: $BASE_PY is older than Python 3.10; set QSMREP_PYTHON" >&2; exit 2; }
-  "$BASE_PY" -m venv "$VENV"
-fi
-PY="$VENV/bin/python"
-STAMP="$VENV/.qsmrep-install"
-WANT="$(sha256sum < "$ROOT/pyproject.toml" | cut -c1-16)"
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-  echo "==> installing qsmrep and its dependencies into $VENV (first run only)"
-  "$PY" -m pip install --quiet --upgrade pip
-  "$PY" -m pip install --quiet -e "$ROOT[test,bench]"
-  "$PY" -m ipykernel install --sys-prefix --name qsmrep --display-name "Python (qsmrep)" >/dev/null
-  echo "$WANT" > "$STAMP"
+"$BASE_PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+  || { echo "error: $BASE_PY is not Python ≥ 3.10; set QSMREP_PYTHON" >&2; exit 2; }
+if [ "${QSMREP_NO_INSTALL:-0}" = 1 ]; then
+  PY="$(command -v "$BASE_PY")"
+  MISSING=$("$PY" - <<'PYEOF'
+import importlib.util
+modules = ["torch", "numpy", "scipy", "skimage", "pandas", "matplotlib", "tqdm", "yaml", "nibabel",
+           "ipykernel", "papermill", "nbconvert", "nbformat", "snakemake", "pytest"]
+print(" ".join(m for m in modules if importlib.util.find_spec(m) is None))
+PYEOF
+)
+  [ -z "$MISSING" ] || { echo "error: QSMREP_NO_INSTALL=1, and $PY lacks: $MISSING (install them, or put them on PYTHONPATH)" >&2; exit 2; }
+  PRIVATE="$(mktemp -d)"  # this interpreter's "python" and kernel "qsmrep", for this run only
+  printf '#!/bin/sh\nexec "%s" "$@"\n' "$PY" > "$PRIVATE/python" && chmod +x "$PRIVATE/python"
+  export PATH="$PRIVATE:$PATH"  # the workflow's steps call "python"
+  "$PY" -m ipykernel install --prefix "$PRIVATE" --name qsmrep --display-name "Python (qsmrep)" >/dev/null \
+    && export JUPYTER_PATH="$PRIVATE/share/jupyter${JUPYTER_PATH:+:$JUPYTER_PATH}"
+else
+  if [ ! -x "$VENV/bin/python" ]; then
+    echo "==> creating Python environment $VENV"
+    "$BASE_PY" -m venv "$VENV"
+  fi
+  PY="$VENV/bin/python"
+  STAMP="$VENV/.qsmrep-install"
+  WANT="$(sha256sum < "$ROOT/pyproject.toml" | cut -c1-16)"
+  if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+    echo "==> installing qsmrep and its dependencies into $VENV (first run only)"
+    "$PY" -m pip install --quiet --upgrade pip
+    "$PY" -m pip install --quiet -e "$ROOT[test,bench]"
+    "$PY" -m ipykernel install --sys-prefix --name qsmrep --display-name "Python (qsmrep)" >/dev/null
+    echo "$WANT" > "$STAMP"
+  fi
+  export PATH="$VENV/bin:$PATH"  # the workflow's steps call "python": this environment's
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-export PATH="$VENV/bin:$PATH"  # the workflow's steps call "python": this environment's

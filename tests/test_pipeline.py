@@ -241,3 +241,38 @@ def test_run_all_rejects_bad_options():
         result = subprocess.run(["bash", str(ROOT / "run_all.sh"), *args], capture_output=True, text=True, timeout=60)
         assert result.returncode == 2 and word in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _source_ensure_env(tmp_path, python: str, then: str) -> subprocess.CompletedProcess:
+    """Source scripts/ensure_env.sh with QSMREP_NO_INSTALL=1 and ``python``, then run the shell line ``then``."""
+    env = {**os.environ, "QSMREP_NO_INSTALL": "1", "QSMREP_PYTHON": python, "QSMREP_VENV": str(tmp_path / "venv"),
+           "HOME": str(tmp_path / "home")}
+    env.pop("JUPYTER_PATH", None)
+    return subprocess.run(["bash", "-c", f'source "{ROOT}/scripts/ensure_env.sh" && {then}'], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_no_install_mode_runs_the_given_python_with_a_private_kernel(tmp_path):
+    """The lent GPU machine's way (its own torch, no internet): no venv, no pip; the workflow's "python" and the
+    notebooks' kernel "qsmrep" are that interpreter, registered for this run only (not in the user's Jupyter dirs)."""
+    result = _source_ensure_env(tmp_path, sys.executable,
+                                'echo "PY=$PY"; python -c "import sys; print(\'python=\' + sys.executable)"; '
+                                '"$PY" -m jupyter kernelspec list --json')
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert f"PY={sys.executable}" in lines and f"python={sys.executable}" in lines
+    specs = json.loads(result.stdout[result.stdout.index("{"):])["kernelspecs"]
+    kernel = specs["qsmrep"]
+    assert kernel["spec"]["argv"][0] == sys.executable
+    assert not kernel["resource_dir"].startswith(str(tmp_path / "home")) and "venv" not in kernel["resource_dir"]
+    assert not (tmp_path / "venv").exists() and not list((tmp_path / "home").rglob("kernels"))
+
+
+def test_no_install_mode_names_what_the_python_lacks(tmp_path):
+    bare = tmp_path / "bare-python"  # the same interpreter without site-packages: no torch, no snakemake
+    bare.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    bare.chmod(0o755)
+    result = _source_ensure_env(tmp_path, str(bare), "echo reached")
+    assert result.returncode == 2 and "reached" not in result.stdout
+    assert "lacks:" in result.stderr and "torch" in result.stderr.split("lacks:")[1]
+    assert not (tmp_path / "venv").exists()
