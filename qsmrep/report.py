@@ -455,6 +455,36 @@ def clipping_trial(plain: pd.DataFrame, clipped: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def sweep_table(metrics: pd.DataFrame, reference: str = "elu-1") -> pd.DataFrame:
+    """Each setting of the extended sweep against ``reference`` (the paper's ELU, α = 1) on the same seeds.
+
+    ``metrics``: per-map test metrics of the sweep (columns name, seed, nrmse in percent, ssim), one
+    checkpoint per run. Per seed s, NRMSE_s is the mean over the test maps; the paired difference
+    Δ_s = NRMSE_s(setting) − NRMSE_s(reference) (percentage points; same seed, same data, same
+    initialisation stream) is summarised by its mean and 95 % t interval over the seeds both have.
+    ``verdict``: "worse" when the whole interval lies above 0, "better" when below, else "undecided"
+    (also for a single seed); empty for the reference and when the reference was not run. Rows
+    sorted by mean NRMSE.
+    """
+    per_seed = metrics.groupby(["name", "seed"], sort=False)[["nrmse", "ssim"]].mean()
+    reference_nrmse = per_seed.loc[reference, "nrmse"] if reference in per_seed.index.get_level_values(0) else None
+    rows = []
+    for name, runs in per_seed.groupby(level="name", sort=False):
+        nrmse = runs["nrmse"].droplevel("name")
+        row = {"setting": name, "seeds": len(nrmse), "test NRMSE mean": nrmse.mean(),
+               "test NRMSE SD over seeds": nrmse.std(ddof=1) if len(nrmse) > 1 else np.nan,
+               "test NRMSE worst seed": nrmse.max(), "SSIM mean": runs["ssim"].mean()}
+        mean = low = high = np.nan
+        verdict = ""
+        if reference_nrmse is not None and name != reference:
+            common = nrmse.index.intersection(reference_nrmse.index)
+            mean, low, high = _interval(list(nrmse[common] - reference_nrmse[common]))
+            verdict = "worse" if low > 0 else "better" if high < 0 else "undecided"
+        row.update({f"Δ vs {reference}": mean, "95 % CI low": low, "95 % CI high": high, "verdict": verdict})
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("test NRMSE mean", ignore_index=True)
+
+
 def _twins(runs: pd.DataFrame, twins: pd.DataFrame):
     """(key, run history, twin history) for every twin with a run of the same arm, variant and seed, by epoch."""
     keys = ["arm", "activation", "channels", "seed"]

@@ -312,3 +312,45 @@ def test_clipping_trial_pairs_each_twin_with_its_run():
     assert len(table) == 6
     assert table.loc[("leaky_relu", 16), "diverged without clipping"] and not table.loc[("leaky_relu", 16), "diverged with clipping"]
     assert table.loc[("elu", 32), "end-level val NRMSE with clipping"] == 42.0
+
+
+def _sweep_metrics(offsets: dict[str, list[float]], maps: int = 4, base: float = 40.0) -> pd.DataFrame:
+    """Per-map test metrics of a sweep: setting ``name`` on seed s has NRMSE base + offsets[name][s] ± map noise."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for name, per_seed in offsets.items():
+        for seed, offset in enumerate(per_seed):
+            noise = rng.normal(0, 1, maps)
+            for m, n in enumerate(noise - noise.mean()):  # zero mean over maps: the seed mean is exact
+                rows.append({"name": name, "seed": seed, "map": m, "nrmse": base + offset + n, "ssim": 0.6 - offset / 100})
+    return pd.DataFrame(rows)
+
+
+def test_sweep_table_pairs_seeds_against_the_reference_like_a_paired_t_test():
+    from scipy import stats
+
+    from qsmrep.report import sweep_table
+
+    reference = [0.0, 5.0, -2.0]
+    offsets = {"elu-1": reference, "worse": [4.0, 9.5, 2.5], "better": [-3.0, 1.5, -5.5], "noisy": [10.0, -5.0, 1.0]}
+    table = sweep_table(_sweep_metrics(offsets)).set_index("setting")
+    assert list(table.index) == ["better", "elu-1", "noisy", "worse"]  # by mean NRMSE
+    for name in ("worse", "better", "noisy"):
+        low, high = stats.ttest_rel(offsets[name], reference).confidence_interval(0.95)
+        row = table.loc[name]
+        assert row["Δ vs elu-1"] == pytest.approx(np.mean(offsets[name]) - np.mean(reference))
+        assert (row["95 % CI low"], row["95 % CI high"]) == pytest.approx((low, high))
+    assert table.verdict.to_dict() == {"better": "better", "elu-1": "", "noisy": "undecided", "worse": "worse"}
+    assert table.loc["noisy", "test NRMSE SD over seeds"] == pytest.approx(np.std(np.add(offsets["noisy"], 40), ddof=1))
+    assert table.loc["worse", "test NRMSE worst seed"] == pytest.approx(49.5)
+    assert (table.seeds == 3).all()
+
+
+def test_sweep_table_without_the_reference_or_with_one_seed_decides_nothing():
+    from qsmrep.report import sweep_table
+
+    alone = sweep_table(_sweep_metrics({"gelu": [3.0, 4.0], "silu": [1.0, 2.0]}))
+    assert list(alone.verdict) == ["", ""] and alone["Δ vs elu-1"].isna().all()
+    one_seed = sweep_table(_sweep_metrics({"elu-1": [0.0], "gelu": [30.0]})).set_index("setting")
+    assert one_seed.loc["gelu", "verdict"] == "undecided" and one_seed.loc["gelu", "Δ vs elu-1"] == pytest.approx(30.0)
+    assert np.isnan(one_seed.loc["gelu", "95 % CI low"])
