@@ -145,6 +145,16 @@ def list_runs(profile: str, root: str | Path | None = None, kind: str = "paper")
     return runs
 
 
+def trained_commits(profile: str, root: str | Path | None = None) -> dict[str, list[str]]:
+    """Commits at which the finished runs of each kind were trained (their ``DONE.json``), by kind, sorted."""
+    commits = {}
+    for kind in KINDS:
+        found = {str((folder.done() or {}).get("commit", "")) for _, folder in list_runs(profile, root, kind)}
+        if found - {""}:
+            commits[kind] = sorted(found - {""})
+    return commits
+
+
 def _labels(config: Config) -> dict:
     return {"arm": config.arm, "activation": config.activation, "channels": config.initial_channels, "seed": config.seed}
 

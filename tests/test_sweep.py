@@ -8,7 +8,8 @@ matplotlib.use("Agg")
 
 from qsmrep import registry
 from qsmrep.figures import plot_sweep
-from qsmrep.results import study_runs, sweep_name
+from qsmrep.results import study_runs, sweep_name, trained_commits
+from qsmrep.runfolder import code_commit
 from qsmrep.sweep import collect_sweep
 from qsmrep.train import train
 
@@ -33,3 +34,4 @@ def test_sweep_trains_collects_and_plots(tmp_path):
     assert set(metrics.name) == {"leaky_relu-0.01", "elu-0.5"} and len(histories) == 4
     assert (tmp_path / "results" / "smoke" / "sweep_metrics.csv").exists()
     assert plot_sweep(histories, metrics).axes
+    assert trained_commits("smoke", root=tmp_path) == {"sweep": [code_commit()]}
