@@ -21,8 +21,9 @@ name        definition                                             unit      bet
 ``hfen``    100 · ‖LoG(χ̂) − LoG(χ)‖₂ / ‖LoG(χ)‖₂, σ = 1.5 voxels   percent   lower
 ``ssim``    3D SSIM, Gaussian window σ = 1.5, K1 = 0.01,           unitless  higher
             K2 = 0.03, L = range of χ in the mask
-``xsim``    3D SSIM with L = 1 ppm, K1 = 0.01, K2 = 0.001          unitless  higher
-            (Milovic et al. 2024, MRM, doi:10.1002/mrm.30271)
+``xsim``    3D SSIM with L = 1 ppm, K1 = 0.01, K2 = 0.001,         unitless  higher
+            7³ Gaussian window σ = 1.5 (Milovic et al. 2024, MRM,
+            doi:10.1002/mrm.30271, and the challenge's code)
 ==========  =====================================================  ========  ===============
 
 ``METRICS`` maps each name to its function and ``HIGHER_IS_BETTER`` to its direction (the
@@ -65,6 +66,8 @@ __all__ = [
     "XSIM_K1",
     "XSIM_K2",
     "XSIM_DATA_RANGE",
+    "XSIM_SIGMA",
+    "XSIM_TRUNCATE",
 ]
 
 #: Standard deviation (voxels) of the Laplacian-of-Gaussian filter used by HFEN.
@@ -78,6 +81,9 @@ SSIM_K2 = 0.03
 XSIM_K1 = 0.01
 XSIM_K2 = 0.001
 XSIM_DATA_RANGE = 1.0
+#: XSIM's Gaussian window: σ in voxels, cut at 2σ (7³ voxels), as the challenge's reference code.
+XSIM_SIGMA = 1.5
+XSIM_TRUNCATE = 2.0
 
 # |a| below this makes the dNRMSE correction (χ̂ − b)/a meaningless (a is dimensionless).
 _SLOPE_EPS = 1e-12
@@ -92,6 +98,8 @@ def _to_numpy(x, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be a 3D array, got None")
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch
         x = x.detach().cpu()
+        if x.is_floating_point() and x.dtype.itemsize < 4:  # bf16 has no numpy dtype; fp16 is widened likewise
+            x = x.float()
         x = x.numpy() if hasattr(x, "numpy") else x
     return np.asarray(x)
 
@@ -182,13 +190,22 @@ def nrmse_torch(pred, ref, mask):
 
     Returns:
         (N,) float64 tensor of NRMSE in percent: per item, both maps demeaned inside the mask,
-        100 · ‖χ̂ − χ‖₂ / ‖χ‖₂ over the mask voxels.
+        100 · ‖χ̂ − χ‖₂ / ‖χ‖₂ over the mask voxels; NaN where a prediction is not finite (a diverged
+        model is scored, not stopped).
+
+    Raises:
+        ValueError: shapes differ, the input is not batched, the mask is not bool or empty for an
+            item, or the reference is constant inside the mask.
     """
     import torch
 
     if pred.shape != ref.shape or ref.shape != mask.shape:
         raise ValueError(f"pred, ref and mask must have the same shape, got {tuple(pred.shape)}, "
                          f"{tuple(ref.shape)} and {tuple(mask.shape)}")
+    if pred.dim() < 4:
+        raise ValueError(f"pred, ref and mask must be batched, (N, ..., X, Y, Z), got shape {tuple(pred.shape)}")
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor, got {mask.dtype}")
     weight = mask.flatten(1).to(torch.float64)
     count = weight.sum(1, keepdim=True)
     if bool((count == 0).any()):
@@ -196,7 +213,10 @@ def nrmse_torch(pred, ref, mask):
     p, r = pred.flatten(1).to(torch.float64), ref.flatten(1).to(torch.float64)
     p = (p - (p * weight).sum(1, keepdim=True) / count) * weight
     r = (r - (r * weight).sum(1, keepdim=True) / count) * weight
-    return 100.0 * torch.linalg.vector_norm(p - r, dim=1) / torch.linalg.vector_norm(r, dim=1)
+    ref_norm = torch.linalg.vector_norm(r, dim=1)
+    if bool((ref_norm == 0).any()):
+        raise ValueError("ref is constant inside the mask for at least one item (NRMSE undefined)")
+    return 100.0 * torch.linalg.vector_norm(p - r, dim=1) / ref_norm
 
 
 def dnrmse(pred, ref, mask=None) -> float:
@@ -293,14 +313,36 @@ def xsim(pred, ref, mask=None) -> float:
     """XSIM: SSIM adapted to susceptibility maps (Milovic et al. 2024, MRM,
     doi:10.1002/mrm.30271), unitless, ≤ 1 (higher is better).
 
-    Same computation as :func:`ssim` (Gaussian window σ = 1.5, population covariance, maps
-    demeaned within and zeroed outside the mask, mean over the mask) but with a fixed dynamic
-    range L = 1 (maps in ppm, not rescaled), K1 = 0.01 and K2 = 0.001. The small constants
-    keep the index sensitive to the low-contrast values typical of χ maps.
+    .. math:: \\mathrm{XSIM} = \\operatorname{mean}_{\\text{mask}}
+              \\frac{(2\\mu_x\\mu_y + C_1)(2\\sigma_{xy} + C_2)}
+              {(\\mu_x^2 + \\mu_y^2 + C_1)(\\sigma_x^2 + \\sigma_y^2 + C_2)},
+              \\quad C_i = (K_i L)^2
+
+    As the reference code of the QSM challenge 2.0 (``compute_xsim.m``, version 2.0 of
+    2022-01-26): maps in ppm, not rescaled, L = 1, K1 = 0.01, K2 = 0.001; local statistics with a
+    7³ Gaussian window, σ = 1.5 voxels (MATLAB ``imgaussfilt3(x, 1.5, 'FilterSize', 7)``,
+    whose default padding replicates the edge voxels; here ``scipy.ndimage.gaussian_filter``
+    with ``truncate=2``, ``mode='nearest'``), population (co)variances E[xy] − μ_x μ_y, and the
+    mean of the index map over the mask (the 11³ window of :func:`ssim` would give other values).
+    As every metric here, both maps
+    are demeaned within and zeroed outside the mask first; ``mask=None`` averages over the
+    whole volume. Each axis must be at least 3 voxels long (as in the reference).
     """
     p, r, m = _prepare(pred, ref, mask)
-    p0, r0 = _demean(p, r, m)
-    return _ssim_core(p0, r0, m, mask is not None, XSIM_DATA_RANGE, XSIM_K1, XSIM_K2)
+    if min(r.shape) < 3:
+        raise ValueError(f"ref must be at least 3 voxels along each axis for XSIM, got shape {r.shape}")
+    x, y = _demean(p, r, m)
+    c1, c2 = (XSIM_K1 * XSIM_DATA_RANGE) ** 2, (XSIM_K2 * XSIM_DATA_RANGE) ** 2
+
+    def local_mean(a):
+        return ndimage.gaussian_filter(a, XSIM_SIGMA, truncate=XSIM_TRUNCATE, mode="nearest")
+
+    mu_x, mu_y = local_mean(x), local_mean(y)
+    var_x = local_mean(x * x) - mu_x**2
+    var_y = local_mean(y * y) - mu_y**2
+    cov = local_mean(x * y) - mu_x * mu_y
+    index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return float(index[m].mean())
 
 
 #: Metric name → function ``(pred, ref, mask=None) -> float``.

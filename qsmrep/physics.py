@@ -77,7 +77,7 @@ def _check_voxel_size(voxel_size) -> Vec3:
 
 def _check_b0_dir(b0_dir) -> Vec3:
     b = _check_vec3("b0_dir", b0_dir)
-    norm = math.sqrt(sum(x * x for x in b))
+    norm = math.hypot(*b)  # no overflow or underflow of the squares
     if norm == 0.0:
         raise ValueError(f"b0_dir must be a non-zero finite 3-vector, got {b0_dir!r}")
     return (b[0] / norm, b[1] / norm, b[2] / norm)
@@ -205,7 +205,8 @@ def _half_kernel_torch(
 ) -> torch.Tensor:
     d = _half_kernel_np(shape, vs, b)
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
-    return torch.from_numpy(d.astype(np_dtype, copy=True)).to(device=device, dtype=dtype)
+    with torch.inference_mode(False):  # a kernel first made during inference must serve later training too
+        return torch.from_numpy(d.astype(np_dtype, copy=True)).to(device=device, dtype=dtype)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -207,11 +207,44 @@ def test_xsim_identical_is_one(ref, mask):
     assert M.xsim(ref, ref, mask) == pytest.approx(1.0, abs=1e-12)
 
 
-def test_xsim_matches_skimage_and_differs_from_ssim(ref):
+def _xsim_by_hand(pred, ref, mask):
+    """XSIM as the challenge's compute_xsim.m (v2.0) spells it: an explicit 7³ Gaussian (σ = 1.5, sum 1)
+    slid over edge-replicated maps, written with shifts instead of scipy.ndimage."""
+    x = np.where(mask, pred - pred[mask].mean(), 0.0)
+    y = np.where(mask, ref - ref[mask].mean(), 0.0)
+    offsets = np.arange(-3, 4)
+    g = np.exp(-(offsets[:, None, None] ** 2 + offsets[None, :, None] ** 2 + offsets[None, None, :] ** 2) / (2 * 1.5**2))
+    g /= g.sum()
+
+    def local_mean(a):
+        padded = np.pad(a, 3, mode="edge")
+        out = np.zeros_like(a)
+        for i, j, k in np.ndindex(7, 7, 7):
+            out += g[i, j, k] * padded[i:i + a.shape[0], j:j + a.shape[1], k:k + a.shape[2]]
+        return out
+
+    mx, my = local_mean(x), local_mean(y)
+    sxx, syy, sxy = local_mean(x * x) - mx**2, local_mean(y * y) - my**2, local_mean(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.001**2
+    index = (2 * mx * my + c1) * (2 * sxy + c2) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+    return index[mask].mean()
+
+
+def test_xsim_matches_the_challenge_reference_and_differs_from_ssim(ref, mask):
     pred = _noisy(ref, 0.03)
-    expected = _skimage(pred, ref, 1.0, 0.01, 0.001)
-    assert M.xsim(pred, ref) == pytest.approx(expected, rel=1e-12, abs=1e-12)
-    assert abs(M.xsim(pred, ref) - M.ssim(pred, ref)) > 1e-3
+    for m in (mask, np.ones(ref.shape, bool)):
+        assert M.xsim(pred, ref, m) == pytest.approx(_xsim_by_hand(pred, ref, m), rel=1e-10)
+    assert M.xsim(pred, ref) == pytest.approx(_xsim_by_hand(pred, ref, np.ones(ref.shape, bool)), rel=1e-10)
+    # the 11³ window of skimage (SSIM's) is not XSIM's 7³ one, even with XSIM's constants
+    assert abs(M.xsim(pred, ref, mask) - M.ssim(pred, ref, mask)) > 1e-3
+    assert M.xsim(pred, ref) != pytest.approx(_skimage(pred, ref, 1.0, 0.01, 0.001), rel=1e-6)
+    with pytest.raises(ValueError, match="at least 3 voxels"):
+        M.xsim(np.ones((2, 8, 8)), np.arange(128.0).reshape(2, 8, 8))
+
+
+def test_xsim_decreases_with_noise(ref, mask):
+    values = [M.xsim(_noisy(ref, s), ref, mask) for s in (0.0, 0.01, 0.03, 0.1, 0.3)]
+    assert all(a > b for a, b in zip(values, values[1:])), values
 
 
 def test_ssim_returns_python_float(ref, mask):
@@ -328,3 +361,22 @@ def test_nrmse_torch_matches_the_numpy_metric(ref, mask):
         M.nrmse_torch(batch, refs[:2], refs[:2] > 0)
     with pytest.raises(ValueError, match="mask is empty"):
         M.nrmse_torch(batch, refs, torch.zeros_like(refs, dtype=torch.bool))
+    with pytest.raises(ValueError, match="batched"):  # one unbatched map would give one NRMSE per x-slice
+        M.nrmse_torch(batch[0, 0], refs[0, 0], refs[0, 0] > 0)
+    with pytest.raises(ValueError, match="bool"):
+        M.nrmse_torch(batch, refs, torch.ones_like(refs))
+    with pytest.raises(ValueError, match="ref is constant"):
+        M.nrmse_torch(batch, torch.full_like(refs, 0.2), refs > -1)
+    diverged = batch.clone()
+    diverged[1] = float("nan")
+    assert torch.isnan(M.nrmse_torch(diverged, refs, refs > -1)).tolist() == [False, True, False]
+
+
+def test_metrics_accept_half_precision_tensors(ref, mask):
+    """bf16/fp16 tensors (autocast outputs) are scored as their float32 values, not refused by numpy."""
+    import torch
+
+    for dtype in (torch.bfloat16, torch.float16):
+        pred = torch.from_numpy(ref * 0.9).to(dtype)
+        expected = M.nrmse(pred.float().numpy(), ref, mask)
+        assert M.nrmse(pred, ref, mask) == pytest.approx(expected, rel=1e-12)

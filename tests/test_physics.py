@@ -232,3 +232,24 @@ def test_bad_inputs():
     for fn, name in cases:
         with pytest.raises(ValueError, match=name):
             fn()
+
+
+def test_b0_direction_of_extreme_magnitude_is_normalised():
+    """Only the direction of B0 matters: huge or tiny vectors give the unit vector's kernel."""
+    reference = dipole_kernel((6, 8, 10), b0_dir=(1, 1, 0)).numpy()
+    for scale in (1e200, 1e-170):
+        got = dipole_kernel((6, 8, 10), b0_dir=(scale, scale, 0)).numpy()
+        np.testing.assert_allclose(got, reference, rtol=0, atol=1e-12)
+
+
+def test_kernel_first_made_during_inference_still_trains():
+    """Validation (inference mode) may make a shape's kernel first; training on that shape must still backprop."""
+    from qsmrep.loss import PhysicsInformedLoss
+
+    shape = (1, 1, 13, 11, 9)  # a shape no other test uses, so the kernel cache starts empty for it
+    chi = torch.randn(shape)
+    with torch.inference_mode():
+        forward_field(chi)
+    pred = torch.randn(shape, requires_grad=True)
+    PhysicsInformedLoss()(pred, chi, forward_field(chi)).backward()
+    assert pred.grad is not None and torch.isfinite(pred.grad).all()
