@@ -4,7 +4,7 @@
 # /tmp/site, and writes at most four files to OUT.
 #   scripts/gpu_check.sh [PART ...]     PART: tests, bench, study (default: all three, ≈ 14 min)
 # Parts and their time limits (the lent machine allows 10 minutes per command: run "tests bench", then "study"):
-#   tests   the CUDA tests of the renderer (CPU and CUDA maps agree)                          ≤ 1 min
+#   tests   the CUDA tests: renderer (CPU and CUDA maps agree), side-stream data path           ≤ 1.5 min
 #   bench   python -m qsmrep bench --profile paper --json --save (rows under results/bench/)    ≤ 5 min
 #   study   ./run_all.sh --profile gpu: six variants, evaluation, figures, report               ≤ 8 min
 # OUT (default: gpu_check/) receives device.txt (device, each part's exit status and seconds), logs.tar.gz,
@@ -39,7 +39,7 @@ part() {  # part NAME SECONDS COMMAND...: run COMMAND in its own process group, 
 
 for p in "${PARTS[@]}"; do
   case "$p" in
-    tests) part tests 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_synth.py -k cuda ;;
+    tests) part tests 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_synth.py tests/test_train.py -k cuda ;;
     bench)
       MONAI=$("$PY" -c "import monai" 2>/dev/null || echo "--no-monai")
       part bench 300 "$PY" -m qsmrep bench --profile paper --json --save $MONAI

@@ -159,10 +159,8 @@ def test_run_all_smoke_end_to_end(tmp_path):
     summary = pd.read_csv(results / "metrics_summary.csv")
     assert f"{summary.nrmse_mean.iloc[0]:.1f} ±" in html
 
-    started = time.monotonic()
     second, log = _run_all(project, env, "--arm", "both", timeout=300)
     assert second.returncode == 0, log[-3000:]
-    assert time.monotonic() - started < 30
     assert "Nothing to be done" in log and "papermill" not in log.lower()
 
     report_time = (results / "report.html").stat().st_mtime

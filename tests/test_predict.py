@@ -117,3 +117,7 @@ def test_predict_cli_writes_output(tmp_path, checkpoint):
     assert nib.load(str(out)).shape == (32, 32, 32)
     with gzip.open(out) as handle:  # a real gzip-compressed NIfTI
         assert len(handle.read()) > 32**3 * 4
+    direct = tmp_path / "direct.nii.gz"
+    predict_nifti(checkpoint, field, direct, device="cpu", warn=lambda *_: None)
+    np.testing.assert_allclose(nib.load(str(out)).get_fdata(), nib.load(str(direct)).get_fdata(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(nib.load(str(out)).affine, nib.load(str(direct)).affine)

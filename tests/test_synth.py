@@ -1,7 +1,6 @@
 """Tests of qsmrep.synth (synthetic generator, seeds, patches) and qsmrep.viz."""
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -119,6 +118,15 @@ def test_matches_numpy_reference(size, seeds, overlap):
         assert torch.equal(got["mask"], ref["mask"])
         assert rel_l2(got["chi"], ref["chi"]) <= 1e-5
         assert rel_l2(got["field"], ref["field"]) <= 1e-5
+
+
+def test_matches_numpy_reference_at_paper_size():
+    """At 320³ the shapes' smoothing widths reach several voxels (0.9 at 96³), where a cut of the 4σ boxes
+    would show; measured agreement 8.5e-8, so a bound ten times the float32 noise (1e-6) guards the profiles."""
+    got, ref = synthetic_sample(320, 8), numpy_sample(320, 8)
+    assert torch.equal(got["mask"], ref["mask"])
+    assert rel_l2(got["chi"], ref["chi"]) <= 1e-6
+    assert rel_l2(got["field"], ref["field"]) <= 1e-6
 
 
 @pytest.mark.parametrize("overlap", ["add", "overwrite"])
@@ -371,13 +379,6 @@ def test_patches():
         crop(vol, (0, 0, 0), 11)
     with pytest.raises(ValueError, match="patch_size"):
         random_patch_corner(10, 11, g)
-
-
-def test_small_sample_is_fast():
-    synthetic_sample(64, 0)
-    t = time.perf_counter()
-    synthetic_sample(64, 1)
-    assert time.perf_counter() - t < 1.0  # generous; measured ~0.02 s on 2 cores
 
 
 def test_bench_generator_reports_seconds_per_map():
