@@ -6,7 +6,7 @@
 set -euo pipefail
 usage() { cat <<'USAGE'
 usage: ./run_all.sh [--profile P] [--arm A] [--seeds N] [--jobs N] [--extended] [--guard] [--clip] [--widths W] [--force] [--dry-run]
-  --profile P   smoke (tests, ~2 min), cpu (default; 2-core CPU), gpu (one GPU, minutes), paper (GPU, hours per model)
+  --profile P   smoke (tests, ~3 min), cpu (default; 2-core CPU), gpu (one GPU, minutes), paper (GPU, hours per model)
   --arm A       batch (default: batch normalisation), none (the standard U-Net of the paper) or both
   --seeds N     train every variant with seeds 0..N-1 (default 1)
   --jobs N      run N steps at once (CPU threads are split between them; on several GPUs one GPU each)
@@ -44,15 +44,15 @@ mkdir -p "results/$PROFILE/notebooks"
 exec 9>"results/$PROFILE/.lock"
 flock -n 9 || die "another run_all.sh is writing results/$PROFILE (lock results/$PROFILE/.lock); wait for it to finish"
 [ "$PROFILE" != paper ] || [ ${#DRY[@]} -gt 0 ] || "$PY" -m qsmrep estimate --profile paper --arms "$ARMS" || exit 2
-GPUS=0
-if [ "$JOBS" -gt 1 ] && command -v nvidia-smi >/dev/null; then GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true); fi
+GPUS=0; if [ "$JOBS" -gt 1 ] && command -v nvidia-smi >/dev/null; then GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true); fi
 CORES=$(nproc); THREADS=$(( CORES / JOBS > 0 ? CORES / JOBS : 1 ))
-STATUS=0
+STATUS=0 INTERRUPTED=0; trap 'INTERRUPTED=1' INT TERM  # Ctrl-C reaches snakemake and the trainings; report it after
 "$PY" -m snakemake --snakefile workflow/Snakefile --directory . --cores $(( THREADS * JOBS )) --resources gpu="$GPUS" --nolock \
   --keep-going --rerun-incomplete --max-checksum-file-size 0 "${QUIET[@]}" "${DRY[@]}" $([ "$FORCE" = 1 ] && echo --forceall) \
   --config profile="$PROFILE" arms="$ARMS" seeds="$SEEDS" extended="$EXTENDED" guard="$GUARD" clip="$CLIP" widths="$WIDTHS" force="$FORCE" gpus="$GPUS" threads="$THREADS" \
   || STATUS=$?
 [ ${#DRY[@]} -gt 0 ] && exit "$STATUS"
+[ "$INTERRUPTED" = 0 ] || { echo "!!  interrupted: finished steps and epochs are kept; run the same command again to resume" >&2; exit 130; }
 echo "==> profile $PROFILE: report results/$PROFILE/report.html, figures figures/$PROFILE/ (exit $STATUS)"
 [ "$STATUS" = 0 ] || echo "!!  some steps failed (above); finished runs and results are kept; fix the cause and run again" >&2
 exit "$STATUS"

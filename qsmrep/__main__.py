@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from qsmrep import registry
-from qsmrep.config import PROFILES, Config, parse_assignments
+from qsmrep.config import PROFILES, Config, parse_assignments, read_mapping
 
 
 class _Parser(argparse.ArgumentParser):
@@ -20,10 +20,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _config_from_args(args) -> Config:
+    """The profile (``--profile``, else the ``--config`` file's ``profile``, else cpu), then the file's fields,
+    then the options and ``--set`` assignments, each over the one before."""
     overrides = {}
+    profile = args.profile
     if getattr(args, "config", None):
-        overrides.update(Config.load(args.config).to_dict())
+        overrides.update(read_mapping(args.config))
+        profile = profile or overrides.get("profile")
         overrides.pop("profile", None)
+    profile = profile or "cpu"
     for name, value in (("activation", args.activation), ("initial_channels", args.channels), ("seed", args.seed),
                         ("epochs", args.epochs), ("precision", args.precision), ("device", args.device),
                         ("norm", args.arm)):
@@ -31,14 +36,17 @@ def _config_from_args(args) -> Config:
             overrides[name] = value
     if args.arm is not None:
         registry.check_choice("arm", args.arm, registry.ARMS)
-    parse_assignments(args.set or [])  # typed errors before anything else
+    if "profile" in parse_assignments(args.set or []):  # typed errors before anything else
+        raise ValueError("--set profile=…: choose the profile with --profile NAME")
     overrides.update(item.split("=", 1) for item in args.set or [])  # synth.NAME merges over the file's synth
-    return Config.from_profile(args.profile, **{k.strip(): v.strip() if isinstance(v, str) else v for k, v in overrides.items()})
+    return Config.from_profile(profile, **{k.strip(): v.strip() if isinstance(v, str) else v for k, v in overrides.items()})
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default="cpu", help=f"preset to start from: {', '.join(PROFILES)} (default: cpu)")
-    p.add_argument("--config", help="a saved config (.yaml/.json) whose fields override the profile")
+    p.add_argument("--profile", help=f"preset to start from: {', '.join(PROFILES)} (default: the --config file's "
+                                     "profile, else cpu)")
+    p.add_argument("--config", help="a config file (.yaml/.json): its fields override the profile's, the rest stay the "
+                                    "profile's; a saved run's config.yaml gives that run")
     from qsmrep.unet import ACTIVATIONS
 
     p.add_argument("--activation", help=f"activation: {', '.join(ACTIVATIONS)} (default: profile's, elu)")
@@ -54,7 +62,7 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
 
 def _add_study_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="cpu", help="profile (default: cpu)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (default 1)")
+    p.add_argument("--seeds", type=_positive_int, default=1, help="seeds 0..N-1 (default 1)")
     p.add_argument("--arms", default=registry.DEFAULT_ARM,
                    help=f"comma-separated arms: {', '.join(registry.ARMS)} (default: {registry.DEFAULT_ARM})")
     p.add_argument("--extended", action="store_true", help="include the extended activation sweep")
@@ -62,6 +70,16 @@ def _add_study_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip", action="store_true", help="include the gradient-clipped twins of the standard U-Net (arm none)")
     p.add_argument("--widths", type=_widths, default=registry.PAPER_CHANNELS,
                    help="initial channels of the twins, e.g. 16 (default: all)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer ≥ 1, got {text!r}")
+    return value
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -125,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("estimate", help="print memory and disk estimates for a profile; exit 2 where it cannot fit")
     p.add_argument("--profile", default="paper", help="profile (default: paper)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per variant")
+    p.add_argument("--seeds", type=_positive_int, default=1, help="seeds per variant")
     p.add_argument("--arms", default=registry.DEFAULT_ARM, help=f"comma-separated arms ({', '.join(registry.ARMS)})")
 
     p = sub.add_parser("offline-html", help="strip network references from a rendered report")
@@ -143,6 +161,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _describe_setting(config: Config) -> None:
+    """One line: the device (the CPU's name and ATen capability) and the resolved precision setting."""
+    import torch
+
+    from qsmrep.runtime import cpu_name, resolve
+
+    resolved = resolve(config)
+    if resolved.device == "cuda":
+        where = f"cuda ({torch.cuda.get_device_name(0)})"
+    else:
+        where = f"cpu ({cpu_name()}, {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads)"
+    print(f"{config.variant}: {where}, precision {resolved.precision}, memory format {resolved.memory_format}",
+          flush=True)
+
+
 def _run(args) -> int:
     if args.command == "config":
         print(_config_from_args(args).to_yaml(), end="")
@@ -152,6 +185,7 @@ def _run(args) -> int:
         from qsmrep.train import train
 
         config = _config_from_args(args)
+        _describe_setting(config)
         history = train(config, args.out, progress=not args.no_progress, force=args.force)
         done = RunFolder(args.out).done() or {}
         if done.get("status") == "diverged":
@@ -218,7 +252,11 @@ def _run(args) -> int:
         from qsmrep import io
         from qsmrep.report import external_references, make_offline
 
-        html = make_offline(Path(args.source).read_text(encoding="utf-8"))
+        try:
+            source = Path(args.source).read_text(encoding="utf-8")
+        except OSError as err:
+            raise ValueError(f"source: cannot read {args.source!r} ({err.strerror or err})") from None
+        html = make_offline(source)
         left = external_references(html)
         if left:
             raise ValueError(f"report still references the network: {left[:3]}")
@@ -241,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("qsmrep: interrupted; finished epochs are kept, run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output left (e.g. `| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -124,16 +124,28 @@ class Config:
         object.__setattr__(self, "b0_dir", tuple(float(v) for v in self.b0_dir))
         object.__setattr__(self, "activation_params", dict(self.activation_params or {}))
         object.__setattr__(self, "synth", _synth_settings(self.synth))
+        if isinstance(self.activation, str):  # "ReLU" and "leaky-relu" name the registry's relu and leaky_relu
+            object.__setattr__(self, "activation", self.activation.lower().replace("-", "_"))
         self.validate()
 
     @classmethod
     def from_profile(cls, profile: str = "cpu", **overrides: Any) -> "Config":
-        """The named preset with ``overrides`` applied (ValueError on unknown names)."""
+        """The named preset with ``overrides`` applied (ValueError on unknown names).
+
+        Where ``epochs`` is overridden and ``early_epoch`` is not, the early checkpoint keeps the profile's
+        fraction of the run (20 %: ``round(epochs · early/epochs)``, at least 1), so a shorter run stays valid.
+        """
         if profile not in PROFILES:
             raise ValueError(f"profile: unknown profile {profile!r}; choose one of {sorted(PROFILES)}{did_you_mean(profile, PROFILES)}")
+        if "profile" in overrides:
+            raise ValueError("profile: choose the profile itself (--profile NAME), not as an override")
         values = dict(PROFILES[profile])
         values["profile"] = profile
-        values.update(_coerce_overrides(overrides))
+        overrides = _coerce_overrides(overrides)
+        epochs = overrides.get("epochs")
+        if "early_epoch" not in overrides and isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 1:
+            values["early_epoch"] = max(1, round(epochs * values["early_epoch"] / values["epochs"]))
+        values.update(overrides)
         return cls(**values)
 
     def replace(self, **overrides: Any) -> "Config":
@@ -159,12 +171,8 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path) -> "Config":
-        """Read a config saved as .json or .yaml/.yml."""
-        text = Path(path).read_text()
-        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {str(path)!r} does not hold a mapping")
-        return cls.from_dict(data)
+        """Read a config saved as .json or .yaml/.yml (every field not in the file takes its class default)."""
+        return cls.from_dict(read_mapping(path))
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
@@ -329,6 +337,25 @@ def _coerce(name: str, value: Any) -> Any:
     if isinstance(default, dict) and not isinstance(parsed, dict):
         raise ValueError(f"{name}: expected a mapping like {{alpha: 0.5}}, got {value!r}")
     return parsed
+
+
+def read_mapping(path: str | Path) -> dict[str, Any]:
+    """The mapping of a .json or .yaml/.yml config file; ValueError (naming the file) when it cannot be read."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ValueError(f"config file {str(path)!r} does not exist") from None
+    except OSError as err:
+        raise ValueError(f"config file {str(path)!r} cannot be read: {err.strerror or err}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"config file {str(path)!r} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                         f"{' '.join(str(err).split())}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r} does not hold a mapping")
+    return data
 
 
 def parse_assignments(items: list[str]) -> dict[str, Any]:

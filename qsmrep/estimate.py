@@ -69,6 +69,10 @@ def measured_memory_gib(config: Config, bench_dir: str | Path | None = None) -> 
     return best
 
 
+#: profiles that refuse to start without a GPU (the cpu and smoke profiles run anywhere)
+GPU_PROFILES = ("paper",)
+
+
 def estimate(profile: str, out: str | Path = "results", variants=registry.PAPER_VARIANTS, seeds: int = 1,
              arms=(registry.DEFAULT_ARM,)) -> tuple[list[str], list[str]]:
     """(report lines, problems) for training every variant of ``profile``; problems block the run.
@@ -98,7 +102,7 @@ def estimate(profile: str, out: str | Path = "results", variants=registry.PAPER_
         lines.append(f"GPU: {torch.cuda.get_device_name(0)}, {total / GIB:.0f} GiB")
         if worst_memory > total:
             problems.append(f"the largest variant needs ~{worst_memory / GIB:.0f} GiB, the GPU has {total / GIB:.0f} GiB")
-    else:
+    elif profile in GPU_PROFILES:
         problems.append("no CUDA GPU: the paper profile trains 6 models × 100 epochs of four 160³ patches; "
                         "on a CPU that takes weeks (use --profile cpu, or set QSMREP_ALLOW_CPU=1 to insist)")
     return lines, problems

@@ -99,6 +99,9 @@ def predict_nifti(checkpoint: str | Path, field_path: str | Path, out_path: str 
     if units not in UNITS:
         raise ValueError(f"units: {units!r} is not one of {list(UNITS)}")
     dev = resolve_device(device)
+    from qsmrep.io import check_writable_dir
+
+    check_writable_dir(out_path.parent)  # before the inference, not after it
     model, config, _epoch = load_model(checkpoint, dev)
     field, image = load_nifti_volume(field_path, "field")
     mask = None
@@ -131,7 +134,6 @@ def predict_nifti(checkpoint: str | Path, field_path: str | Path, out_path: str 
     header = image.header.copy()
     header.set_data_dtype(np.float32)
     result = nib.Nifti1Image(chi.astype(np.float32), image.affine, header)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if out_path.name.endswith(".nii.gz") else ".nii"
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=f".tmp{suffix}", dir=out_path.parent)
     os.close(fd)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 from pathlib import Path
 
 import torch
@@ -25,7 +26,12 @@ from qsmrep.config import Config
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ValueError when CUDA is asked for but absent."""
+    """``auto`` → CUDA when available, else CPU; ValueError for other names (``cpu``, ``cuda``, ``cuda:N`` only)
+    and when CUDA is asked for but absent."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    if not isinstance(name, str) or not (name in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", name)):
+        raise ValueError(f"device: {name!r} is not one of auto, cpu, cuda (or cuda:N)")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

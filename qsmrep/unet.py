@@ -29,6 +29,7 @@ output is cropped back to the input size.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Union
 
 import torch
@@ -76,6 +77,16 @@ def make_activation(spec: ActivationSpec, params: dict | None = None) -> nn.Modu
     key, given = _split_spec(spec, params)
     cls, defaults = ACTIVATIONS[key]
     kwargs = {**defaults, **given}
+    for name, value in given.items():
+        if ":" in str(name):
+            raise ValueError(f"activation: parameter {name!r} of {key!r}: in YAML write a space after the colon "
+                             f"({str(name).replace(':', ': ', 1)})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"activation: parameter {name} of {key!r} must be a finite number, got {value!r}")
+    if key == "leaky_relu" and not 0 <= kwargs.get("negative_slope", 0) < 1:
+        raise ValueError(f"activation: leaky_relu negative_slope must be in [0, 1), got {kwargs['negative_slope']!r}")
+    if key == "elu" and not kwargs.get("alpha", 1) > 0:
+        raise ValueError(f"activation: elu alpha must be > 0, got {kwargs['alpha']!r}")
     try:
         return cls(**kwargs)
     except TypeError as err:

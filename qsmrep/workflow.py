@@ -49,8 +49,34 @@ def gpu_slot(lock_dir: Path, gpus: int, poll_seconds: float = 2.0):
         time.sleep(poll_seconds)
 
 
+#: seconds between the progress lines of a training in the workflow's console output
+PROGRESS_SECONDS = 60.0
+
+
 def _say(message: str) -> None:
     print(f"    {message}", flush=True)
+
+
+def _wait_reporting(process: subprocess.Popen, key: str, folder: RunFolder, epochs: int,
+                    every_seconds: float = PROGRESS_SECONDS) -> int:
+    """Wait for a training process, printing its newest finished epoch every ``every_seconds`` when it moved on;
+    its exit code. An interrupt waits for the process (which got the same signal) before it is passed on."""
+    reported = 0
+    try:
+        while True:
+            try:
+                return process.wait(timeout=every_seconds)
+            except subprocess.TimeoutExpired:
+                history = folder.history()
+                if len(history) > reported:
+                    reported = len(history)
+                    _say(f"train {key}: epoch {reported}/{epochs}, val NRMSE {history['val_nrmse'].iloc[-1]:.1f} %")
+    except BaseException:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise
 
 
 def train_job(profile: str, key: str, force: bool = False, gpus: int = 0) -> int:
@@ -77,9 +103,10 @@ def train_job(profile: str, key: str, force: bool = False, gpus: int = 0) -> int
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(gpu)
             where = f" on GPU {gpu}"
-        _say(f"train {key}: started{where}")
+        _say(f"train {key}: started{where} (log: {os.path.relpath(log, root)})")
         with open(log, "w") as out:
-            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+            code = _wait_reporting(process, key, RunFolder(spec.folder()), spec.config().epochs)
     seconds = time.monotonic() - started
     folder = RunFolder(spec.folder())
     if code == 0 and folder.done() is not None:

@@ -5,6 +5,7 @@ repository root (works from a clean clone without installation) and one CPU thre
 profile shrunk to a 4-channel, 3-level U-Net so the whole file takes well under a minute.
 """
 
+import contextlib
 import os
 import random
 import shutil
@@ -17,7 +18,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 
+from qsmrep.config import Config
 from qsmrep.runfolder import TIMING_COLUMNS, RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,6 +181,9 @@ TRAIN_CONFIG_ERRORS = [
     ("negative epochs", ["--epochs", "-1"], ["epochs", "-1"]),
     ("zero B0 vector", ["--set", "b0_dir=[0,0,0]"], ["b0_dir", "zero"]),
     ("non-positive voxel size", ["--set", "voxel_size=[1,0,1]"], ["voxel_size", "> 0"]),
+    ("profile as an override", ["--set", "profile=cpu"], ["--profile"]),
+    ("missing config file", ["--config", "/nonexistent/c.yaml"], ["config file", "does not exist"]),
+    ("non-finite activation parameter", ["--set", "activation_params={alpha: .nan}"], ["alpha", "finite"]),
 ]
 
 
@@ -232,3 +238,50 @@ def test_argparse_errors_are_one_line_exit_2(tmp_path):
     assert_one_line_error(proc, "--channels", "four")
     proc = run_cli("train", "--profile", "smoke")
     assert_one_line_error(proc, "--out")
+
+
+def test_cli_mistakes_outside_training_are_one_line_errors(reference, tmp_path, capsys):
+    """Config files, devices, sources and counts that cannot work: one line on stderr, exit 2, no traceback."""
+    from qsmrep.__main__ import main
+
+    (tmp_path / "bad.yaml").write_text("epochs: [3\n")
+    cases = [
+        (["config", "--config", str(tmp_path / "bad.yaml")], ["bad.yaml", "not valid YAML"]),
+        (["config", "--config", str(tmp_path)], ["cannot be read"]),
+        (["evaluate", str(reference / "epoch_010.pt"), "--out", str(tmp_path / "e"), "--device", "tpu"], ["device", "tpu"]),
+        (["predict", "--checkpoint", str(reference / "epoch_010.pt"), "--field", "f.nii", "--out", str(tmp_path / "c.nii"), "--device", "tpu"],
+         ["device", "tpu"]),
+        (["offline-html", str(tmp_path / "missing.html"), str(tmp_path / "o.html")], ["cannot read", "missing.html"]),
+        (["estimate", "--profile", "smoke", "--seeds", "0"], ["--seeds", "≥ 1"]),
+    ]
+    for argv, needles in cases:
+        with pytest.raises(SystemExit) if argv[0] == "estimate" else contextlib.nullcontext():
+            code = main(argv)
+            assert code == 2, argv
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and all(n in err[0] for n in needles), (argv, err)
+
+
+def test_partial_config_file_overrides_only_its_fields(tmp_path, capsys):
+    """A config file holding some fields changes those over the chosen profile; the rest stay the profile's."""
+    from qsmrep.__main__ import main
+
+    (tmp_path / "short.yaml").write_text("epochs: 3\n")
+    assert main(["config", "--profile", "smoke", "--config", str(tmp_path / "short.yaml")]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    smoke = Config.from_profile("smoke")
+    assert printed["epochs"] == 3 and printed["map_size"] == smoke.map_size and printed["n_train"] == smoke.n_train
+    assert printed["early_epoch"] == 1  # the profile's 20 % of the shorter run, not its epoch 2 of 10
+    (tmp_path / "saved.yaml").write_text(Config.from_profile("smoke", seed=7).to_yaml())  # a run's config.yaml
+    assert main(["config", "--config", str(tmp_path / "saved.yaml")]) == 0
+    assert Config.from_dict(yaml.safe_load(capsys.readouterr().out)) == Config.from_profile("smoke", seed=7)
+
+
+def test_estimate_refuses_only_the_paper_profile_without_a_gpu(capsys, monkeypatch):
+    from qsmrep.__main__ import main
+
+    monkeypatch.delenv("QSMREP_ALLOW_CPU", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["estimate", "--profile", "smoke"]) == 0
+    assert main(["estimate", "--profile", "paper"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err

@@ -274,3 +274,21 @@ def test_no_install_mode_names_what_the_python_lacks(tmp_path):
     assert result.returncode == 2 and "reached" not in result.stdout
     assert "lacks:" in result.stderr and "torch" in result.stderr.split("lacks:")[1]
     assert not (tmp_path / "venv").exists()
+
+
+def test_workflow_training_reports_its_epochs(tmp_path, capsys):
+    """While a training runs, the workflow console gets its newest finished epoch (not only started/finished)."""
+    from qsmrep.runfolder import HISTORY_COLUMNS, RunFolder
+    from qsmrep.workflow import _wait_reporting
+
+    folder = RunFolder(tmp_path)
+    rows = [dict.fromkeys(HISTORY_COLUMNS, 0.0) | {"epoch": e, "val_nrmse": 50.0 - e} for e in (1, 2)]
+    writer = ("import sys, time; from qsmrep.runfolder import RunFolder; import json; rows = json.loads(sys.argv[2]); "
+              "time.sleep(0.6); RunFolder(sys.argv[1]).write_history(rows[:1]); time.sleep(0.6); "
+              "RunFolder(sys.argv[1]).write_history(rows); time.sleep(0.6); sys.exit(3)")
+    process = subprocess.Popen([sys.executable, "-c", writer, str(tmp_path), json.dumps(rows)])
+    assert _wait_reporting(process, "paper/batch/elu16_s0", folder, epochs=10, every_seconds=0.25) == 3
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    assert "train paper/batch/elu16_s0: epoch 1/10, val NRMSE 49.0 %" in lines
+    assert "train paper/batch/elu16_s0: epoch 2/10, val NRMSE 48.0 %" in lines
+    assert len(lines) == 2  # each epoch once
