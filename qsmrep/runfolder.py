@@ -24,8 +24,10 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import fcntl
+import itertools
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -175,11 +177,13 @@ class RunFolder:
         io.check_writable_dir(self.path)
         deadline = time.monotonic() + wait_seconds
         with open(self.file(self.LOCK), "w") as handle:
-            while True:
+            for attempt in itertools.count():
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
+                    if attempt == 0 and wait_seconds >= 2:
+                        print(f"waiting up to {wait_seconds:.0f} s for the process training in {self.path}", file=sys.stderr)
                     if time.monotonic() > deadline:
                         raise ValueError(f"out: another process is training in {self.path} (lock {self.file(self.LOCK)}); "
                                          "wait for it to finish") from None
