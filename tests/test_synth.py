@@ -395,3 +395,23 @@ def test_plot_orthogonal_slices():
 
     fig = plot_orthogonal_slices(synthetic_sample(24, 0))
     assert len(fig.axes) >= 9
+
+
+#: Fingerprints of two maps as generator version "torch-1" renders them: (size, seed) → (Σχ, Σ|χ|, Σ field², mask
+#: voxels), measured when that version was set. A renderer whose maps differ must bump GENERATOR_VERSION (a run folder
+#: then refuses to resume with other maps) and these values with it.
+FINGERPRINTS = {"torch-1": {(48, 11): (-645.1395407737349, 2199.272347187776, 89.48915163310005, 9832),
+                            (64, 2023): (813.2424599847624, 4853.234229340134, 268.8865348925166, 15337)}}
+
+
+def test_rendered_maps_are_those_of_this_generator_version():
+    from qsmrep.synth import GENERATOR_VERSION
+
+    assert GENERATOR_VERSION in FINGERPRINTS, f"record the fingerprints of generator version {GENERATOR_VERSION!r}"
+    for (size, seed), (chi_sum, chi_abs, field_energy, voxels) in FINGERPRINTS[GENERATOR_VERSION].items():
+        sample = synthetic_sample(size, seed)
+        chi, field = sample["chi"].double(), sample["field"].double()
+        assert int(sample["mask"].sum()) == voxels
+        assert float(chi.sum()) == pytest.approx(chi_sum, rel=1e-5)
+        assert float(chi.abs().sum()) == pytest.approx(chi_abs, rel=1e-5)
+        assert float(field.pow(2).sum()) == pytest.approx(field_energy, rel=1e-5)
