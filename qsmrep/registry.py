@@ -22,9 +22,9 @@ RECOMMENDED_ACTIVATION = "elu"
 #: arms of the study: the U-Net's normalisation layer. "none" is the paper's "standard U-Net"
 #: (Ronneberger et al. 2015); "batch" the 3D U-Net of Çiçek et al. 2016 (QSMnet). Default arm first:
 #: batch, because at the cpu profile's scale the standard U-Net cannot train the paper's leaky ReLU
-#: models (in 5 of their 6 runs of the committed reference, both widths and three seeds, the validation
-#: NRMSE blows up to 10³–10⁷ %), which leaves claims C1–C5 untestable there, while batch normalisation
-#: trains all 18 runs; "none" is one option away (--arm none|both).
+#: models (in 6 of their 8 runs of the committed reference, both widths and four seeds, the validation
+#: NRMSE blows up to 10³–10⁸ %), which leaves claims C1–C5 untestable there, while batch normalisation
+#: trains all 24 runs; "none" is one option away (--arm none|both).
 ARMS: tuple[str, ...] = ("batch", "none")
 DEFAULT_ARM = ARMS[0]
 #: the arm without normalisation, whose divergences the gradient-clipping trial (--clip) measures

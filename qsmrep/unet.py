@@ -15,7 +15,7 @@ normalisation after each convolution, before the activation, as the 3D U-Net of 
 and the QSM networks the paper builds on (QSMnet, QSMGAN). Batch normalisation re-centres every
 pre-activation and so removes most "dying ReLU" units, the mechanism of the paper's discussion;
 both arms are trained and reported side by side. The default is batch because, at the ``cpu``
-profile's scale, the standard U-Net's leaky ReLU models blow up on full-size maps in 5 of 6 runs
+profile's scale, the standard U-Net's leaky ReLU models blow up on full-size maps in 6 of 8 runs
 (see :data:`qsmrep.registry.ARMS` and the committed report). He initialisation
 (Kaiming-normal weights with std √(2/fan-in), zero biases), which Ronneberger et al. prescribe for
 the U-Net the paper cites. Measured here: without normalisation, He-initialised ELU networks start

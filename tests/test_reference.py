@@ -44,13 +44,13 @@ def test_reference_files_exist():
         assert (RESULTS / name).exists(), name
 
 
-def test_both_arms_with_every_variant_and_three_seeds():
+def test_both_arms_with_every_variant_and_four_seeds():
     histories = pd.read_csv(RESULTS / "histories.csv")
     runs = histories[["arm", "activation", "channels", "seed"]].drop_duplicates()
     for arm in registry.ARMS:
         in_arm = runs[runs.arm == arm]
         assert set(zip(in_arm.activation, in_arm.channels)) == set(registry.PAPER_VARIANTS), arm
-        assert in_arm.groupby(["activation", "channels"]).seed.nunique().min() >= 3, arm
+        assert in_arm.groupby(["activation", "channels"]).seed.nunique().min() >= 4, arm
 
 
 def test_report_is_self_contained(report):
