@@ -19,7 +19,7 @@ usage: ./run_all.sh [--profile P] [--arm A] [--seeds N] [--jobs N] [--extended] 
 USAGE
 }
 die() { echo "run_all.sh: error: $*" >&2; exit 2; }
-PROFILE=cpu ARM=batch SEEDS=1 JOBS=1 WIDTHS= EXTENDED=0 GUARD=0 CLIP=0 FORCE=0 DRY=() QUIET=(--quiet rules host)
+PROFILE=cpu ARM= SEEDS=1 JOBS=1 WIDTHS= EXTENDED=0 GUARD=0 CLIP=0 FORCE=0 DRY=() QUIET=(--quiet rules host)
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile|--arm|--seeds|--jobs|--widths) [ $# -ge 2 ] || die "$1 needs a value"; declare "$(tr a-z A-Z <<< "${1#--}")=$2"; shift 2 ;;
@@ -34,9 +34,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 cd "$(dirname "$0")"
-python3 -m qsmrep.registry profile "$PROFILE" && python3 -m qsmrep.registry arm "$ARM" && python3 -m qsmrep.registry widths "$WIDTHS" || exit 2
+python3 -m qsmrep.registry profile "$PROFILE" && python3 -m qsmrep.registry widths "$WIDTHS" || exit 2
+ARMS=$(python3 -m qsmrep.registry arm "$ARM") || exit 2  # comma-separated; --arm both: every arm, none given: the default
 for n in JOBS SEEDS; do [[ "${!n}" =~ ^[1-9][0-9]*$ ]] || die "--${n,,} must be a positive integer, got '${!n}'"; done
-ARMS=$([ "$ARM" = both ] && echo batch,none || echo "$ARM")
 [[ $CLIP = 0 || $ARMS = *none* ]] || die "--clip twins the standard U-Net: use it with --arm none or --arm both"
 
 source scripts/ensure_env.sh

@@ -31,8 +31,17 @@ DEFAULT_ARM = ARMS[0]
 STANDARD_UNET_ARM = "none"
 #: every normalisation the U-Net can build (arms are a subset)
 NORMS: tuple[str, ...] = ("none", "batch", "instance", "group")
+#: the word for every arm at once, on the command line (``--arm both``)
+ALL_ARMS = "both"
+#: how figures and the report name each normalisation: a label, and a phrase after a verdict
+ARM_LABELS = {"none": "standard U-Net (no normalisation)", "batch": "batch normalisation",
+              "instance": "instance normalisation", "group": "group normalisation"}
+ARM_PHRASES = {"none": "without normalisation (the standard U-Net)", "batch": "with batch normalisation"}
+#: display names of the activations (figures, tables)
+ACTIVATION_LABELS = {"elu": "ELU", "leaky_relu": "leaky ReLU", "relu": "ReLU", "gelu": "GELU", "silu": "SiLU",
+                     "prelu": "PReLU", "mish": "Mish"}
 
-#: named configuration presets (qsmrep.config.PROFILES holds their values)
+#: named configuration presets (qsmrep.run.config.PROFILES holds their values)
 PROFILE_NAMES: tuple[str, ...] = ("smoke", "cpu", "gpu", "paper")
 
 #: option lists of the configuration
@@ -56,6 +65,11 @@ SWEEP: tuple[tuple[str, dict], ...] = (
 )
 
 
+def activation_key(name: str) -> str:
+    """The registry spelling of an activation name: ``"ReLU"`` → ``relu``, ``"leaky-relu"`` → ``leaky_relu``."""
+    return name.lower().replace("-", "_")
+
+
 def variant_name(activation: str, channels: int) -> str:
     """``"elu16"``-style short name of a variant."""
     return f"{activation}{channels}"
@@ -74,7 +88,17 @@ def check_choice(name: str, value, options: Iterable) -> None:
         raise ValueError(f"{name}: {value!r} is not one of {options}{did_you_mean(value, options)}")
 
 
-_CHOICES = {"profile": PROFILE_NAMES, "arm": (*ARMS, "both"), "widths": PAPER_CHANNELS}
+_CHOICES = {"profile": PROFILE_NAMES, "arm": (*ARMS, ALL_ARMS), "widths": PAPER_CHANNELS}
+
+
+def parse_arms(text: str) -> tuple[str, ...]:
+    """``"none,batch"`` or ``"both"`` → the arms (ValueError naming a bad one)."""
+    arms = ARMS if text == ALL_ARMS else tuple(a.strip() for a in str(text).split(",") if a.strip())
+    if not arms:
+        raise ValueError(f"arm: no arm given; choose from {[*ARMS, ALL_ARMS]}")
+    for arm in arms:
+        check_choice("arm", arm, ARMS)
+    return arms
 
 
 def parse_widths(text: str) -> tuple[int, ...]:
@@ -92,10 +116,17 @@ def parse_widths(text: str) -> tuple[int, ...]:
 
 def main(argv: list[str]) -> int:
     """``python3 -m qsmrep.registry NAME VALUE``: exit 0 when VALUE is a valid NAME (profile, arm, widths),
-    else one error line and exit 2. Needs no third-party package, so ``run_all.sh`` checks its options before set-up."""
+    else one error line and exit 2; for ``arm``, print the arms it names, comma-separated (``both``: every arm; empty: the default arm).
+    Needs no third-party package, so ``run_all.sh`` checks its options before set-up."""
     name, value = argv
     try:
-        parse_widths(value) if name == "widths" else check_choice(name, value, _CHOICES[name])
+        if name == "widths":
+            parse_widths(value)
+        elif name == "arm":  # empty: the default arm
+            check_choice(name, value or DEFAULT_ARM, _CHOICES[name])
+            print(",".join(parse_arms(value or DEFAULT_ARM)))
+        else:
+            check_choice(name, value, _CHOICES[name])
     except ValueError as err:
         print(f"run_all.sh: error: --{err}", file=sys.stderr)
         return 2

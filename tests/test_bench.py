@@ -1,7 +1,11 @@
-"""Tests of qsmrep.bench on tiny cases (4-channel nets, 16³ patches, one iteration): the rows, FLOP counting, the CLI."""
+"""Tests of qsmrep.bench on tiny cases (4-channel nets, 16³ patches, one iteration): the rows, FLOP counting,
+the plan, the CLI, and that every timed step is the trainer's :class:`qsmrep.run.step.TrainingStep`."""
 
+import ast
+import importlib.util
 import json
 import math
+import pathlib
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -10,8 +14,13 @@ import pytest
 import torch
 from torch import nn
 
-from qsmrep import bench
-from qsmrep.bench import BASE_KEYS, StepSpec
+import qsmrep.bench
+from qsmrep import registry
+from qsmrep.bench import cli, data, plan, steps
+from qsmrep.bench.rows import BASE_KEYS, make_row, to_json
+from qsmrep.bench.steps import StepSpec
+from qsmrep.run.config import Config
+from qsmrep.run.step import TrainingStep
 
 TINY = dict(activation="elu", channels=4, patch=16, batch=2, warmup=1, iters=1, device="cpu", profile="smoke")
 NUMBERS = ("seconds_per_iter", "voxels_per_s", "gflops_per_s", "peak_mem_mb")
@@ -25,26 +34,81 @@ def _check_step_row(row, case):
         assert isinstance(row[key], float) and math.isfinite(row[key]) and row[key] > 0, (key, row[key])
     assert row["voxels_per_s"] == pytest.approx(2 * 16**3 / row["seconds_per_iter"])
     assert row["figure"] == "seconds_per_iter" and row["unit"] == "s/iter"
-    json.loads(json.dumps(bench._clean(row), default=bench._json_default))
+    json.loads(to_json(row))
 
 
-def test_monai_case_and_speed_ratio():
+@pytest.fixture
+def step_calls(monkeypatch):
+    """The :class:`TrainingStep` of every step call, in order (the step itself runs unchanged)."""
+    calls = []
+    original = TrainingStep.__call__
+
+    def counting(self, field, chi):
+        calls.append(self)
+        return original(self, field, chi)
+
+    monkeypatch.setattr(TrainingStep, "__call__", counting)
+    return calls
+
+
+def test_bench_times_the_trainers_training_step(step_calls):
+    """time_step calls TrainingStep once per warm-up and timed iteration, built with the profile's optimiser settings."""
+    spec = StepSpec(**{**TINY, "depth": 3})
+    result = steps.time_step(spec)
+    assert len(result["warmup_times"]) == spec.warmup and len(result["times"]) == spec.iters
+    assert len(step_calls) == spec.warmup + spec.iters
+    step, profile = step_calls[0], Config.from_profile("smoke")
+    group = step.optimizer.param_groups[0]
+    assert isinstance(step.optimizer, torch.optim.AdamW)
+    assert (group["lr"], group["weight_decay"], step.grad_clip) == (profile.lr, profile.weight_decay, profile.grad_clip)
+    assert (step.precision, step.memory_format) == ("fp32", "contiguous") and math.isfinite(result["loss"])
+
+
+def test_channels_last_case_runs_the_step_in_channels_last(step_calls):
+    steps.time_step(StepSpec(**{**TINY, "depth": 3, "channels_last": True}))
+    step = step_calls[0]
+    assert step.memory_format == "channels_last"
+    weight = next(p for p in step.model.parameters() if p.dim() == 5)
+    assert weight.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_the_trainer_calls_the_same_training_step(step_calls, tmp_path):
+    from qsmrep.run.trainer import train
+
+    train(Config.from_profile("smoke", epochs=1, iters_per_epoch=2, early_epoch=1), tmp_path / "run", progress=False)
+    assert len(step_calls) == 2
+
+
+def test_a_non_finite_step_gives_an_error_row(monkeypatch):
+    """A step that changed no weight has no training step's time: the case fails instead of reporting it."""
+    from qsmrep.run.step import StepResult
+
+    monkeypatch.setattr(TrainingStep, "__call__", lambda self, field, chi: StepResult({"total": torch.tensor(math.nan)}, False))
+    row = steps.run_step_case(StepSpec(**{**TINY, "depth": 3}), isolate=False)
+    assert "FloatingPointError" in row["error"] and row["seconds_per_iter"] is None
+
+
+def test_monai_case_and_speed_ratio(step_calls):
     pytest.importorskip("monai")
-    ref = bench.run_step_case(StepSpec(**TINY, model="monai"), isolate=False)
+    from monai.networks.nets import BasicUNet
+
+    ref = steps.run_step_case(StepSpec(**TINY, model="monai"), isolate=False)
     _check_step_row(ref, "monai_step")
-    ours = bench._row(case="train_step", variant="elu4", patch=16, precision="fp32", memory_format="contiguous",
+    assert len(step_calls) == ref["warmup_used"] + ref["iters"]  # the MONAI net is timed through the same step
+    assert all(isinstance(step.model, BasicUNet) for step in step_calls)
+    ours = make_row(case="train_step", variant="elu4", patch=16, precision="fp32", memory_format="contiguous",
                       seconds_per_iter=ref["seconds_per_iter"] / 2, voxels_per_s=1.0, gflops_per_s=1.0, peak_mem_mb=1.0)
-    (ratio,) = bench.speed_ratio_rows([ours, ref])
+    (ratio,) = steps.speed_ratio_rows([ours, ref])
     assert ratio["case"] == "monai_ratio" and set(BASE_KEYS) <= set(ratio)
     assert ratio["speed_ratio"] == pytest.approx(2.0)
 
 
 def test_speed_ratio_uses_the_fastest_setting():
-    rows = [bench._row(case="train_step", variant="elu16", patch=32, precision=p, memory_format=m, seconds_per_iter=s,
+    rows = [make_row(case="train_step", variant="elu16", patch=32, precision=p, memory_format=m, seconds_per_iter=s,
                        voxels_per_s=1.0, gflops_per_s=1.0, peak_mem_mb=1.0)
             for p, m, s in (("fp32", "contiguous", 2.0), ("bf16", "channels_last_3d", 0.5))]
-    rows.append(bench._row(case="monai_step", variant="elu16", patch=32, precision="fp32", seconds_per_iter=1.5))
-    (ratio,) = bench.speed_ratio_rows(rows)
+    rows.append(make_row(case="monai_step", variant="elu16", patch=32, precision="fp32", seconds_per_iter=1.5))
+    (ratio,) = steps.speed_ratio_rows(rows)
     assert ratio["speed_ratio"] == pytest.approx(3.0) and ratio["speed_ratio_fp32"] == pytest.approx(0.75)
     assert ratio["precision"] == "bf16" and ratio["meets_target"]
 
@@ -53,24 +117,24 @@ def test_flop_count_of_one_conv3d_matches_hand_count():
     conv = nn.Conv3d(2, 4, kernel_size=3, padding=1)
     shape = (1, 2, 8, 8, 8)
     hand = 2 * 4 * 8**3 * 2 * 3**3  # 2 FLOPs per multiply-add, per output voxel and channel: C_in·k³
-    forward = bench.count_flops(conv, shape, backward=False)
+    forward = steps.count_flops(conv, shape, backward=False)
     assert forward == pytest.approx(hand, rel=0.2)
     # backward without an input gradient: the weight gradient only, as many FLOPs as the forward
-    assert bench.count_flops(conv, shape) == pytest.approx(2 * hand, rel=0.2)
+    assert steps.count_flops(conv, shape) == pytest.approx(2 * hand, rel=0.2)
 
 
 def test_step_flops_on_meta_device_equals_a_real_count():
     spec = StepSpec(**TINY)
-    model = bench.build_net(spec)
-    assert bench.step_flops(spec) == bench.count_flops(model, (2, 1, 16, 16, 16))
+    model = steps.build_net(spec)
+    assert steps.step_flops(spec) == steps.count_flops(model, (2, 1, 16, 16, 16))
 
 
 def test_data_side_rows():
-    (gen,) = bench.generator_rows(sizes=(16,), repeats=1)
+    (gen,) = data.generator_rows(sizes=(16,), repeats=1)
     assert gen["case"] == "generator" and gen["seconds_per_sample"] > 0 and gen["unit"] == "s/sample"
-    (ff,) = bench.forward_field_rows(size=16, batch=1, repeats=1)
+    (ff,) = data.forward_field_rows(size=16, batch=1, repeats=1)
     assert ff["case"] == "forward_field" and ff["voxels_per_s"] > 0
-    rows = bench.stall_rows("smoke", epochs=1, device="cpu", initial_channels=4, depth=3, n_train=4, n_val=1,
+    rows = data.stall_rows("smoke", epochs=1, device="cpu", initial_channels=4, depth=3, n_train=4, n_val=1,
                             iters_per_epoch=2)
     assert [r["scope"] for r in rows] == ["run", "last_epoch"]
     for row in rows:
@@ -78,53 +142,56 @@ def test_data_side_rows():
 
 
 def test_main_prints_pure_json_lines_from_isolated_cases(monkeypatch, capsys):
-    monkeypatch.setattr(bench, "native_bf16", lambda device: True)
-    monkeypatch.setattr(bench, "step_specs", lambda profile, quick, device: [StepSpec(**TINY, precision="bf16")])
-    monkeypatch.setattr(bench, "generator_rows", lambda **kw: [])
-    monkeypatch.setattr(bench, "forward_field_rows", lambda **kw: [])
-    monkeypatch.setattr(bench, "stall_rows", lambda *a, **kw: [])
-    code = bench.main(SimpleNamespace(profile="smoke", quick=True, json=True, no_monai=True))
+    monkeypatch.setattr(plan, "native_bf16", lambda device: True)
+    monkeypatch.setattr(cli, "step_specs", lambda profile, quick, device: [StepSpec(**TINY, precision="bf16")])
+    monkeypatch.setattr(cli, "generator_rows", lambda **kw: [])
+    monkeypatch.setattr(cli, "forward_field_rows", lambda **kw: [])
+    monkeypatch.setattr(cli, "stall_rows", lambda *a, **kw: [])
+    code = cli.main(SimpleNamespace(profile="smoke", quick=True, json=True, no_monai=True))
     out = capsys.readouterr().out.strip().splitlines()
     assert code == 0 and len(out) == 1
     row = json.loads(out[0])
     _check_step_row(row, "train_step")
     assert row["precision"] == "bf16"
     assert row["peak_mem_kind"] == "process peak RSS"  # on a CPU each case ran in a fresh worker process
-    table = bench.summary_table([row])
+    table = cli.summary_table([row])
     assert "train_step" in table and "s/iter" in table
 
 
 def test_without_native_bf16_the_bf16_cases_are_skipped_and_said(monkeypatch, capsys):
     """An AVX2-only CPU emulates bf16 ~50x slower: no bf16 case is timed, and the output says why."""
-    monkeypatch.setattr(bench, "native_bf16", lambda device: False)
-    specs = bench.step_specs("cpu", quick=True, device="cpu")
+    monkeypatch.setattr(plan, "native_bf16", lambda device: False)
+    specs = plan.step_specs("cpu", quick=True, device="cpu")
     assert specs and {s.precision for s in specs} == {"fp32"}
-    assert {s.variant for s in specs} == {f"{a}{c}" for a, c in bench.registry.PAPER_VARIANTS}
-    monkeypatch.setattr(bench, "step_specs", lambda profile, quick, device: [])
-    monkeypatch.setattr(bench, "generator_rows", lambda **kw: [])
-    monkeypatch.setattr(bench, "forward_field_rows", lambda **kw: [])
-    monkeypatch.setattr(bench, "stall_rows", lambda *a, **kw: [])
-    assert bench.main(SimpleNamespace(profile="smoke", quick=True, json=True, no_monai=True)) == 0
+    assert {s.variant for s in specs} == {f"{a}{c}" for a, c in registry.PAPER_VARIANTS}
+    monkeypatch.setattr(cli, "step_specs", lambda profile, quick, device: [])
+    monkeypatch.setattr(cli, "generator_rows", lambda **kw: [])
+    monkeypatch.setattr(cli, "forward_field_rows", lambda **kw: [])
+    monkeypatch.setattr(cli, "stall_rows", lambda *a, **kw: [])
+    assert cli.main(SimpleNamespace(profile="smoke", quick=True, json=True, no_monai=True)) == 0
     (row,) = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert row["case"] == "skipped" and row["precision"] == "bf16" and "no native bf16" in row["unit"]
 
 
 def test_quick_budget_skips_the_remaining_step_cases(monkeypatch, capsys):
-    monkeypatch.setattr(bench, "QUICK_BUDGET_SECONDS", -1)
-    monkeypatch.setattr(bench, "step_specs", lambda profile, quick, device: [StepSpec(**TINY)])
+    monkeypatch.setattr(cli, "QUICK_BUDGET_SECONDS", -1)
+    monkeypatch.setattr(cli, "step_specs", lambda profile, quick, device: [StepSpec(**TINY)])
     for name in ("generator_rows", "forward_field_rows"):
-        monkeypatch.setattr(bench, name, lambda **kw: [])
-    monkeypatch.setattr(bench, "stall_rows", lambda *a, **kw: [])
-    bench.main(SimpleNamespace(profile="smoke", quick=True, json=True, no_monai=True))
+        monkeypatch.setattr(cli, name, lambda **kw: [])
+    monkeypatch.setattr(cli, "stall_rows", lambda *a, **kw: [])
+    cli.main(SimpleNamespace(profile="smoke", quick=True, json=True, no_monai=True))
     rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [r["case"] for r in rows if r["case"] != "skipped" or "budget" in r["unit"]] == ["skipped"]
 
 
-def test_paper_rows_run_at_smoke_scale_on_a_cpu():
-    """The GPU benchmark's code path (steps, data path rendered per batch, validation, projection) without a GPU."""
-    from qsmrep.bench_paper import paper_rows
+def test_paper_rows_run_at_smoke_scale_on_a_cpu(step_calls):
+    """The GPU benchmark's code path (steps, data path rendered per batch, validation, projection) without a GPU;
+    every step row and the data path (with data and bare) run the trainer's TrainingStep."""
+    from qsmrep.bench.paper import DATA_PATH_WARMUP, paper_rows
 
     rows = paper_rows("smoke", "cpu", use_monai=False, iters=1, data_iterations=2, val_maps=1)
+    step_cases = [r for r in rows if r["case"] == "train_step"]
+    assert len(step_calls) == sum(r["warmup_used"] + r["iters"] for r in step_cases) + DATA_PATH_WARMUP + 2 * 2
     cases = [r["case"] for r in rows]
     assert cases.count("train_step") >= 6 and {"data_path", "generator", "validation", "validation_fraction",
                                                 "projection"} <= set(cases)
@@ -144,7 +211,7 @@ def test_bench_help():
 
 
 def test_step_specs_cover_the_six_variants_and_four_settings():
-    specs = bench.step_specs("cpu", quick=False, device="cpu")
+    specs = plan.step_specs("cpu", quick=False, device="cpu")
     assert len(specs) == 24 and {s.variant for s in specs} == {"relu16", "relu32", "leaky_relu16", "leaky_relu32",
                                                                  "elu16", "elu32"}
     assert all(s.patch == 32 and s.batch == 4 and s.depth == 5 for s in specs)
@@ -152,16 +219,70 @@ def test_step_specs_cover_the_six_variants_and_four_settings():
 
 
 def test_a_failing_case_gives_an_error_row():
-    row = bench.run_step_case(StepSpec(**{**TINY, "model": "nope"}))
+    row = steps.run_step_case(StepSpec(**{**TINY, "model": "nope"}))
     assert "ValueError" in row["error"] and row["seconds_per_iter"] is None
-    assert "ERROR" in bench.summary_table([row])
+    assert "ERROR" in cli.summary_table([row])
 
 
 def test_quick_comparison_plan_runs_the_fastest_setting_at_48():
-    done = [bench._row(case="train_step", variant=f"elu{c}", patch=32, precision=p, memory_format=m, seconds_per_iter=s)
+    done = [make_row(case="train_step", variant=f"elu{c}", patch=32, precision=p, memory_format=m, seconds_per_iter=s)
             for c in (16, 32) for p, m, s in (("fp32", "contiguous", 2.0), ("bf16", "channels_last_3d", 1.0))]
-    specs = bench.comparison_specs("cpu", quick=True, device="cpu", done=done)
+    specs = plan.comparison_specs("cpu", quick=True, device="cpu", done=done)
     ours = [(s.variant, s.patch, s.setting) for s in specs if s.model == "qsmrep"]
     monai = [(s.variant, s.patch) for s in specs if s.model == "monai"]
     assert ours == [("elu16", 48, "bf16/channels_last_3d"), ("elu32", 48, "bf16/channels_last_3d")]
     assert monai == [("elu16", 32), ("elu16", 48), ("elu32", 32), ("elu32", 48)]
+
+
+def test_bench_generator_reports_seconds_per_map():
+    (row,) = data.bench_generator(sizes=(16,), repeats=1, batch=2)
+    assert row["size"] == 16 and row["batch"] == 2 and row["device"] == "cpu"
+    assert 0 < row["seconds_min"] <= row["seconds_mean"] and row["seconds_first"] > 0
+
+
+def test_forkserver_preload_names_importable_modules():
+    for name in steps.PRELOAD:
+        assert importlib.util.find_spec(name) is not None, name
+
+
+BENCH = pathlib.Path(qsmrep.bench.__file__).parent
+LAYERS = ("qsmrep.registry", "qsmrep.core", "qsmrep.run", "qsmrep.study", "qsmrep.bench")  # what bench may import
+
+
+def _qsmrep_imports(path: pathlib.Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+    return {name for name in names if name.split(".")[0] == "qsmrep"}
+
+
+def test_bench_imports_point_downward_and_form_no_cycle():
+    modules = {f"qsmrep.bench.{p.stem}": p for p in BENCH.glob("*.py") if p.stem != "__init__"}
+    graph = {}
+    for module, path in modules.items():
+        imports = _qsmrep_imports(path)
+        assert all(name == "qsmrep" or name.startswith(LAYERS) for name in imports), (module, imports)
+        graph[module] = {name for name in imports if name in modules and name != module}
+    done: set[str] = set()
+
+    def visit(module, trail):
+        assert module not in trail, f"import cycle: {' -> '.join([*trail, module])}"
+        if module not in done:
+            for name in graph[module]:
+                visit(name, [*trail, module])
+            done.add(module)
+
+    for module in graph:
+        visit(module, [])
+
+
+def test_bench_modules_and_functions_stay_small():
+    for path in BENCH.glob("*.py"):
+        source = path.read_text()
+        assert len(source.splitlines()) <= 400, path
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert node.end_lineno - node.lineno + 1 <= 60, (path, node.name)

@@ -1,12 +1,13 @@
-"""Tests of qsmrep.config: profiles, round trips, typed overrides, validation messages."""
+"""Tests of qsmrep.run.config: profiles, round trips, typed overrides, validation messages."""
 
 import dataclasses
 
 import pytest
 
-from qsmrep import registry, runtime
-from qsmrep.config import PROFILES, Config, parse_assignments
-from qsmrep.synth import SynthSettings
+from qsmrep import registry
+from qsmrep.run import runtime
+from qsmrep.run.config import PROFILES, Config, parse_assignments
+from qsmrep.core.synth import SynthSettings
 
 
 def test_profiles_exist():

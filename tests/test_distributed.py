@@ -12,14 +12,14 @@ import pandas as pd
 import pytest
 import torch
 
-from qsmrep.config import Config
-from qsmrep.train import train
+from qsmrep.run.config import Config
+from qsmrep.run.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = """
 import os, sys, torch
-from qsmrep.config import Config
-from qsmrep.train import train
+from qsmrep.run.config import Config
+from qsmrep.run.trainer import train
 config = Config.from_profile("smoke", initial_channels=4, depth=3, epochs=2, early_epoch=1, device="cpu", norm=sys.argv[2],
                              precision="fp32")
 def dump(model):
@@ -59,7 +59,7 @@ def test_two_process_training_keeps_ranks_identical(tmp_path):
 
 
 def test_uneven_batch_split_is_refused():
-    from qsmrep.distributed import Context, shard
+    from qsmrep.run.distributed import Context, shard
 
     assert shard([0, 1, 2, 3], Context(rank=1, world=2)) == [1, 3]
     with pytest.raises(ValueError, match="batch_size"):

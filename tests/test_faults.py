@@ -20,8 +20,8 @@ import pytest
 import torch
 import yaml
 
-from qsmrep.config import Config
-from qsmrep.runfolder import TIMING_COLUMNS, RunFolder
+from qsmrep.run.config import Config
+from qsmrep.run.runfolder import TIMING_COLUMNS, RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--profile", "smoke", "--activation", "elu", "--channels", "4", "--set", "depth=3", "--device", "cpu", "--seed", "3"]
@@ -114,10 +114,10 @@ def test_sigkill_three_times_then_identical_to_uninterrupted(reference, tmp_path
 # once epoch_<last>.pt existed, the first two left a run reported finished whose history lacked the last epoch.
 KILL_AT = """
 import os, signal, sys
-from qsmrep import io
-from qsmrep.__main__ import main
+from qsmrep.run import files
+from qsmrep.cli import main
 point = sys.argv[1]
-save_torch, write_text = io.save_torch, io.write_text
+save_torch, write_text = files.save_torch, files.write_text
 def killing_save(path, obj):
     if point == "after-checkpoint" and os.path.basename(str(path)) == "last.pt" and obj["epoch"] == 10:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -128,7 +128,7 @@ def killing_write(path, text):
        (point == "after-history" and name == "DONE.json"):
         os.kill(os.getpid(), signal.SIGKILL)
     return write_text(path, text)
-io.save_torch, io.write_text = killing_save, killing_write  # write_json writes through write_text
+files.save_torch, files.write_text = killing_save, killing_write  # write_json writes through write_text
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -242,7 +242,7 @@ def test_argparse_errors_are_one_line_exit_2(tmp_path):
 
 def test_cli_mistakes_outside_training_are_one_line_errors(reference, tmp_path, capsys):
     """Config files, devices, sources and counts that cannot work: one line on stderr, exit 2, no traceback."""
-    from qsmrep.__main__ import main
+    from qsmrep.cli import main
 
     (tmp_path / "bad.yaml").write_text("epochs: [3\n")
     cases = [
@@ -264,7 +264,7 @@ def test_cli_mistakes_outside_training_are_one_line_errors(reference, tmp_path, 
 
 def test_partial_config_file_overrides_only_its_fields(tmp_path, capsys):
     """A config file holding some fields changes those over the chosen profile; the rest stay the profile's."""
-    from qsmrep.__main__ import main
+    from qsmrep.cli import main
 
     (tmp_path / "short.yaml").write_text("epochs: 3\n")
     assert main(["config", "--profile", "smoke", "--config", str(tmp_path / "short.yaml")]) == 0
@@ -278,7 +278,7 @@ def test_partial_config_file_overrides_only_its_fields(tmp_path, capsys):
 
 
 def test_estimate_refuses_only_the_paper_profile_without_a_gpu(capsys, monkeypatch):
-    from qsmrep.__main__ import main
+    from qsmrep.cli import main
 
     monkeypatch.delenv("QSMREP_ALLOW_CPU", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

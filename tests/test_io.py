@@ -1,4 +1,4 @@
-"""Atomic writers of qsmrep.io."""
+"""Atomic writers of qsmrep.run.files."""
 from __future__ import annotations
 
 import matplotlib
@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from qsmrep.io import save_figure
+from qsmrep.run.files import save_figure
 
 
 def _figure():

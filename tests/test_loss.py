@@ -1,10 +1,10 @@
-"""Tests of qsmrep.loss.PhysicsInformedLoss: L = ‖χ̂ − χ‖ + λ‖D∗χ̂ − B‖."""
+"""Tests of qsmrep.core.loss.PhysicsInformedLoss: L = ‖χ̂ − χ‖ + λ‖D∗χ̂ − B‖."""
 
 import pytest
 import torch
 
-from qsmrep.loss import PhysicsInformedLoss
-from qsmrep.physics import DipolePhysics, forward_field
+from qsmrep.core.loss import PhysicsInformedLoss
+from qsmrep.core.physics import DipolePhysics, forward_field
 
 
 def _data(seed=0, shape=(2, 1, 12, 10, 8)):
@@ -112,7 +112,7 @@ def test_bf16_prediction_gives_float32_loss_and_gradient():
 
 
 def test_from_config():
-    from qsmrep.config import Config
+    from qsmrep.run.config import Config
 
     cfg = Config.from_profile("smoke", lam=0.5, chi_norm="mse", field_target="input", voxel_size=(1, 1, 2), b0_dir=(0, 1, 0))
     loss_fn = PhysicsInformedLoss.from_config(cfg)

@@ -1,4 +1,4 @@
-"""Tests for qsmrep.metrics against closed-form values and independent implementations."""
+"""Tests for qsmrep.core.metrics against closed-form values and independent implementations."""
 
 import numpy as np
 import pandas as pd
@@ -6,7 +6,7 @@ import pytest
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
-from qsmrep import metrics as M
+from qsmrep.core import metrics as M
 
 SHAPE = (24, 22, 20)  # odd/unequal sizes, all ≥ 11 (SSIM window)
 

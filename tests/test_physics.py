@@ -1,4 +1,4 @@
-"""Tests of qsmrep.physics against independent references (closed forms, numpy FFT)."""
+"""Tests of qsmrep.core.physics against independent references (closed forms, numpy FFT)."""
 
 import math
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from qsmrep.config import Config
-from qsmrep.physics import DipolePhysics, dipole_kernel, forward_field, tikhonov, tkd
+from qsmrep.run.config import Config
+from qsmrep.core.physics import DipolePhysics, dipole_kernel, forward_field, tikhonov, tkd
 
 
 def np_kernel(shape, voxel_size, b0):
@@ -244,7 +244,7 @@ def test_b0_direction_of_extreme_magnitude_is_normalised():
 
 def test_kernel_first_made_during_inference_still_trains():
     """Validation (inference mode) may make a shape's kernel first; training on that shape must still backprop."""
-    from qsmrep.loss import PhysicsInformedLoss
+    from qsmrep.core.loss import PhysicsInformedLoss
 
     shape = (1, 1, 13, 11, 9)  # a shape no other test uses, so the kernel cache starts empty for it
     chi = torch.randn(shape)

@@ -138,7 +138,7 @@ def test_run_all_smoke_end_to_end(tmp_path):
     assert first.returncode == 0, log[-4000:]
     assert not _gpu_overlaps(log)
     assert len(re.findall(r"started on GPU [01]", log)) >= 1
-    train_log = (project / "results" / "smoke" / "notebooks" / f"train_paper_{registry.DEFAULT_ARM}_{interrupted.name}.log").read_text()
+    train_log = (project / "results" / "smoke" / "notebooks" / f"train_runs_{registry.DEFAULT_ARM}_{interrupted.name}.log").read_text()
     assert f"resuming {interrupted} from epoch {epochs_before + 1}" in train_log
     history = pd.read_csv(interrupted / "history.csv")
     assert list(history.epoch) == list(range(1, 11))  # each epoch exactly once
@@ -175,7 +175,7 @@ def test_run_all_smoke_end_to_end(tmp_path):
 
     # a step that fails: non-zero exit, everything finished is kept
     notebook = project / "notebooks" / "21_fig2_convergence.ipynb"
-    notebook.write_text(notebook.read_text().replace("from qsmrep.figures import", "raise RuntimeError('boom')\\nfrom qsmrep.figures import"))
+    notebook.write_text(notebook.read_text().replace("from qsmrep.study.figures import", "raise RuntimeError('boom')\\nfrom qsmrep.study.figures import"))
     failed, log = _run_all(project, env, "--arm", "both", timeout=600)
     assert failed.returncode != 0 and "some steps failed" in log and "boom" in log, log[-3000:]
     assert len(list((results / "runs").glob("*/*/DONE.json"))) == 12
@@ -195,7 +195,7 @@ def test_gpu_slots_are_exclusive(tmp_path):
     """The lock behind one-GPU-per-training: while two jobs hold GPUs 0 and 1, a third waits for one to free."""
     import threading
 
-    from qsmrep.workflow import gpu_slot
+    from qsmrep.study.jobs import gpu_slot
 
     taken, release = [], threading.Event()
 
@@ -278,17 +278,17 @@ def test_no_install_mode_names_what_the_python_lacks(tmp_path):
 
 def test_workflow_training_reports_its_epochs(tmp_path, capsys):
     """While a training runs, the workflow console gets its newest finished epoch (not only started/finished)."""
-    from qsmrep.runfolder import HISTORY_COLUMNS, RunFolder
-    from qsmrep.workflow import _wait_reporting
+    from qsmrep.run.runfolder import HISTORY_COLUMNS, RunFolder
+    from qsmrep.study.jobs import _wait_reporting
 
     folder = RunFolder(tmp_path)
     rows = [dict.fromkeys(HISTORY_COLUMNS, 0.0) | {"epoch": e, "val_nrmse": 50.0 - e} for e in (1, 2)]
-    writer = ("import sys, time; from qsmrep.runfolder import RunFolder; import json; rows = json.loads(sys.argv[2]); "
+    writer = ("import sys, time; from qsmrep.run.runfolder import RunFolder; import json; rows = json.loads(sys.argv[2]); "
               "time.sleep(0.6); RunFolder(sys.argv[1]).write_history(rows[:1]); time.sleep(0.6); "
               "RunFolder(sys.argv[1]).write_history(rows); time.sleep(0.6); sys.exit(3)")
     process = subprocess.Popen([sys.executable, "-c", writer, str(tmp_path), json.dumps(rows)])
-    assert _wait_reporting(process, "paper/batch/elu16_s0", folder, epochs=10, every_seconds=0.25) == 3
+    assert _wait_reporting(process, "runs/batch/elu16_s0", folder, epochs=10, every_seconds=0.25) == 3
     lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
-    assert "train paper/batch/elu16_s0: epoch 1/10, val NRMSE 49.0 %" in lines
-    assert "train paper/batch/elu16_s0: epoch 2/10, val NRMSE 48.0 %" in lines
+    assert "train runs/batch/elu16_s0: epoch 1/10, val NRMSE 49.0 %" in lines
+    assert "train runs/batch/elu16_s0: epoch 2/10, val NRMSE 48.0 %" in lines
     assert len(lines) == 2  # each epoch once

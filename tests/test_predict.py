@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from qsmrep.config import Config
-from qsmrep.physics import forward_field
-from qsmrep.phantom import STRUCTURES, head_phantom, label_names
-from qsmrep.predict import GAMMA_BAR_HZ_PER_T, b0_direction_from_affine, predict_nifti, to_ppm
-from qsmrep.train import train
+from qsmrep.run.config import Config
+from qsmrep.core.physics import forward_field
+from qsmrep.core.phantom import STRUCTURES, head_phantom, label_names
+from qsmrep.run.predict import GAMMA_BAR_HZ_PER_T, b0_direction_from_affine, predict_nifti, to_ppm
+from qsmrep.run.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 from qsmrep import registry
-from qsmrep.config import Config
-from qsmrep.metrics import format_mean_sd
-from qsmrep.report import evaluate_claims, external_references
+from qsmrep.run.config import Config
+from qsmrep.core.metrics import format_mean_sd
+from qsmrep.study.claims import evaluate_claims
+from qsmrep.study.html import external_references
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS, FIGURES = ROOT / "results" / "cpu", ROOT / "figures" / "cpu"

@@ -8,18 +8,17 @@ import pytest
 
 from qsmrep import registry
 from qsmrep.registry import PAPER_VARIANTS as VARIANTS
-from qsmrep.report import (
+from qsmrep.study.claims import (
     NOT_REPRODUCED,
     NOT_TESTABLE,
     NOT_TESTABLE_DIVERGED,
     REPRODUCED,
     compare_arms,
-    epochs_to_reach,
     evaluate_claims,
-    external_references,
-    make_offline,
-    precision_guard,
 )
+from qsmrep.study.curves import epochs_to_reach
+from qsmrep.study.html import external_references, make_offline
+from qsmrep.study.stats import precision_guard
 
 
 def _histories(final_loss: dict, speed: dict, dead: dict, epochs: int = 20) -> pd.DataFrame:
@@ -74,7 +73,7 @@ def test_missing_variant_is_not_testable():
 
 
 def test_end_level_ignores_a_last_epoch_spike():
-    from qsmrep.report import end_level
+    from qsmrep.study.curves import end_level
 
     curve = pd.Series([100.0, 80, 60, 50, 48, 47, 46, 45, 44, 120], index=range(1, 11))
     assert end_level(curve) == 82.0  # median of the last 2 of 10 epochs: still moved by a spike in 2 values
@@ -144,7 +143,7 @@ def test_compare_arms_names_the_claims_that_change():
 
 
 def test_default_arm_evidence_counts_the_divergences_of_each_arm():
-    from qsmrep.report import default_arm_evidence
+    from qsmrep.study.claims import default_arm_evidence
 
     status = pd.DataFrame([{"arm": arm, "activation": a, "channels": c, "seed": s,
                             "diverged_epoch": 25 if (arm, a, s) in (("none", "leaky_relu", 0), ("none", "leaky_relu", 1))
@@ -182,7 +181,7 @@ def test_figure_2d_writes_the_configured_loss():
     import matplotlib
 
     matplotlib.use("Agg")
-    from qsmrep.figures import plot_convergence
+    from qsmrep.study.figures import plot_convergence
 
     histories, _, _ = _paper_like()
     texts = lambda fig: " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
@@ -230,7 +229,7 @@ def _seeded(n_seeds: int, elu_gain: float, rng_seed: int = 0):
 
 
 def test_seed_statistics_interval_decides():
-    from qsmrep.report import seed_statistics
+    from qsmrep.study.stats import seed_statistics
 
     histories, metrics = _seeded(3, elu_gain=1.0)
     table = seed_statistics(histories, metrics, 4, 20).set_index("claim")
@@ -249,7 +248,7 @@ def test_seed_statistics_interval_decides():
 def test_provenance_flags_code_changes_but_not_the_runs_own_outputs(tmp_path):
     import subprocess
 
-    from qsmrep.report import provenance
+    from qsmrep.study.provenance import provenance
 
     def git(*args):
         subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
@@ -273,7 +272,7 @@ def test_provenance_flags_code_changes_but_not_the_runs_own_outputs(tmp_path):
 def test_a_finite_validation_blow_up_counts_as_divergence():
     """Seen in the standard U-Net arm: training loss finite, validation NRMSE 6480 % at epoch 7 and ~1.5e5 % at the
     end. A model far worse than predicting zero (100 %) has diverged, even though no number was infinite."""
-    from qsmrep.results import divergence_of
+    from qsmrep.study.collect import divergence_of
 
     epochs = np.arange(1, 26)
     nrmse = np.where(epochs < 7, 80.0, 1.5e5)
@@ -288,15 +287,15 @@ def test_a_finite_validation_blow_up_counts_as_divergence():
 
 
 def test_clipping_trial_pairs_each_twin_with_its_run():
-    from qsmrep.report import clipping_trial
-    from qsmrep.results import study_runs
+    from qsmrep.study.stats import clipping_trial
+    from qsmrep.study.plan import study_runs
 
     clip = [r for r in study_runs("cpu", arms=("none",), clip=True) if r.kind == "clip"]
     assert len(clip) == 6 and {(r.seed, r.arm) for r in clip} == {(0, "none")}
     assert all(r.config().grad_clip == 1.0 for r in clip)
-    assert all(r.config().grad_clip == 0.0 for r in study_runs("cpu") if r.kind == "paper")
+    assert all(r.config().grad_clip == 0.0 for r in study_runs("cpu") if r.kind == "runs")
     narrow = study_runs("cpu", arms=("none", "batch"), guard=True, clip=True, widths=(16,))
-    assert sorted((r.kind, r.arm, r.channels) for r in narrow if r.kind != "paper") == sorted(
+    assert sorted((r.kind, r.arm, r.channels) for r in narrow if r.kind != "runs") == sorted(
         [("guard", arm, 16) for arm in ("none", "batch") for _ in range(3)] + [("clip", "none", 16)] * 3)
     with pytest.raises(ValueError, match="widths"):
         study_runs("cpu", arms=("none",), clip=True, widths=(24,))
@@ -329,7 +328,7 @@ def _sweep_metrics(offsets: dict[str, list[float]], maps: int = 4, base: float =
 def test_sweep_table_pairs_seeds_against_the_reference_like_a_paired_t_test():
     from scipy import stats
 
-    from qsmrep.report import sweep_table
+    from qsmrep.study.stats import sweep_table
 
     reference = [0.0, 5.0, -2.0]
     offsets = {"elu-1": reference, "worse": [4.0, 9.5, 2.5], "better": [-3.0, 1.5, -5.5], "noisy": [10.0, -5.0, 1.0]}
@@ -347,7 +346,7 @@ def test_sweep_table_pairs_seeds_against_the_reference_like_a_paired_t_test():
 
 
 def test_sweep_table_without_the_reference_or_with_one_seed_decides_nothing():
-    from qsmrep.report import sweep_table
+    from qsmrep.study.stats import sweep_table
 
     alone = sweep_table(_sweep_metrics({"gelu": [3.0, 4.0], "silu": [1.0, 2.0]}))
     assert list(alone.verdict) == ["", ""] and alone["Δ vs elu-1"].isna().all()

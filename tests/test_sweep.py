@@ -7,11 +7,12 @@ import matplotlib
 matplotlib.use("Agg")
 
 from qsmrep import registry
-from qsmrep.figures import plot_sweep
-from qsmrep.results import study_runs, sweep_name, trained_commits
-from qsmrep.runfolder import code_commit
-from qsmrep.sweep import collect_sweep
-from qsmrep.train import train
+from qsmrep.study.figures import plot_sweep
+from qsmrep.study.collect import trained_commits
+from qsmrep.study.plan import study_runs, sweep_name
+from qsmrep.run.gitinfo import code_commit
+from qsmrep.study.sweep import collect_sweep
+from qsmrep.run.trainer import train
 
 
 def test_sweep_covers_the_issue_settings():

@@ -1,4 +1,4 @@
-"""Tests of qsmrep.synth (synthetic generator, seeds, patches) and qsmrep.viz."""
+"""Tests of qsmrep.core.synth (synthetic generator, seeds, patches) and qsmrep.study.figures."""
 
 import math
 
@@ -8,16 +8,12 @@ import torch
 from scipy.ndimage import gaussian_filter
 from scipy.special import erf
 
-from qsmrep.physics import DipolePhysics, forward_field
-from qsmrep.synth import (
-    Shape,
+from qsmrep.core.physics import DipolePhysics, forward_field
+from qsmrep.core.shapes import Shape, _ball_indicator, _ball_profile, render_shapes
+from qsmrep.core.synth import (
     SynthSettings,
-    _ball_indicator,
-    _ball_profile,
     _draw_ellipsoid,
     _draw_shapes,
-    _render,
-    bench_generator,
     border_voxels,
     crop,
     random_patch_corner,
@@ -288,7 +284,7 @@ def test_analytic_smoothing_matches_gaussian_filter(kind, overlap):
         fn = lambda x, y, z: (x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 <= 81
     else:
         ext = (8.0, 5.5, 10.0)
-    out = _render(n, [[Shape(kind, c, ext, sigma, 0.7)]], SynthSettings(overlap=overlap))[0].numpy()
+    out = render_shapes(n, [[Shape(kind, c, ext, sigma, 0.7)]], overlap)[0].numpy()
     if kind == "sphere":
         pv = antialiased(fn, n)
     else:  # exact partial volume of a box: product of 1-D interval overlaps
@@ -304,9 +300,9 @@ def test_overwrite_mode():
     st = SynthSettings(overlap="overwrite")
     sh = [Shape("cuboid", (10.0, 10.0, 10.0), (5.0, 5.0, 5.0), 0.0, 1.0),
           Shape("cuboid", (10.0, 10.0, 10.0), (2.0, 2.0, 2.0), 0.0, -0.5)]
-    v = _render(20, [sh], st)[0]
+    v = render_shapes(20, [sh], st.overlap)[0]
     assert v[10, 10, 10] == -0.5 and v[14, 10, 10] == 1.0
-    v = _render(20, [sh], SynthSettings())[0]
+    v = render_shapes(20, [sh], SynthSettings().overlap)[0]
     assert v[10, 10, 10] == 0.5
     s = synthetic_sample(24, 1, st)
     assert not s["chi"][~s["mask"]].any()
@@ -318,7 +314,7 @@ def test_maps_with_unequal_shape_counts_and_empty_kinds():
          Shape("sphere", (12.3, 8.0, 9.0), (3.0,) * 3, 0.8, -0.2)]  # off-centre: see below
     b = [Shape("cuboid", (10.0, 10.0, 10.0), (2.0, 5.0, 3.0), 0.5, 0.4),
          Shape("sphere", (9.6, 10.2, 11.1), (4.0,) * 3, 0.0, 0.25)]  # σ = 0: hard edge
-    got = _render(20, [a, b, []], SynthSettings())
+    got = render_shapes(20, [a, b, []], SynthSettings().overlap)
     for i, shapes in enumerate([a, b, []]):
         ref = _np_render(20, shapes, SynthSettings())
         assert np.abs(got[i].numpy() - ref).max() < 1e-6
@@ -326,10 +322,10 @@ def test_maps_with_unequal_shape_counts_and_empty_kinds():
 
 def test_sphere_blocks_do_not_change_the_map(monkeypatch):
     """Tiny blocks (many chunks, slabs of a few x-planes) give the map of the default blocks."""
-    import qsmrep.synth as synth
+    import qsmrep.core.shapes as shapes
 
     ref = render_maps(48, [1, 2])
-    monkeypatch.setattr(synth, "_SPHERE_BLOCK_BYTES", 40 * 300)
+    monkeypatch.setattr(shapes, "_SPHERE_BLOCK_BYTES", 40 * 300)
     got = render_maps(48, [1, 2])
     torch.testing.assert_close(got["chi"], ref["chi"], rtol=1e-6, atol=1e-6)
     assert rel_l2(got["chi"][1], numpy_sample(48, 2)["chi"]) <= 1e-5
@@ -381,17 +377,11 @@ def test_patches():
         random_patch_corner(10, 11, g)
 
 
-def test_bench_generator_reports_seconds_per_map():
-    (row,) = bench_generator(sizes=(16,), repeats=1, batch=2)
-    assert row["size"] == 16 and row["batch"] == 2 and row["device"] == "cpu"
-    assert 0 < row["seconds_min"] <= row["seconds_mean"] and row["seconds_first"] > 0
-
-
 def test_plot_orthogonal_slices():
     import matplotlib
 
     matplotlib.use("Agg")
-    from qsmrep.viz import plot_orthogonal_slices
+    from qsmrep.study.figures import plot_orthogonal_slices
 
     fig = plot_orthogonal_slices(synthetic_sample(24, 0))
     assert len(fig.axes) >= 9
@@ -405,7 +395,7 @@ FINGERPRINTS = {"torch-1": {(48, 11): (-645.1395407737349, 2199.272347187776, 89
 
 
 def test_rendered_maps_are_those_of_this_generator_version():
-    from qsmrep.synth import GENERATOR_VERSION
+    from qsmrep.core.synth import GENERATOR_VERSION
 
     assert GENERATOR_VERSION in FINGERPRINTS, f"record the fingerprints of generator version {GENERATOR_VERSION!r}"
     for (size, seed), (chi_sum, chi_abs, field_energy, voxels) in FINGERPRINTS[GENERATOR_VERSION].items():

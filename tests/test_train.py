@@ -1,4 +1,4 @@
-"""Tests of qsmrep.train and qsmrep.evaluate on the smoke profile, shrunk to a 4-channel, 3-level U-Net.
+"""Tests of qsmrep.run.trainer and qsmrep.run.evaluate on the smoke profile, shrunk to a 4-channel, 3-level U-Net.
 
 One uninterrupted reference run (module fixture) serves the learning, file-layout, idempotence,
 resume and evaluation tests; everything runs on one CPU thread (the results of a CPU convolution
@@ -14,15 +14,17 @@ import pandas as pd
 import pytest
 import torch
 
-from qsmrep import runtime
-from qsmrep import train as train_mod
-from qsmrep.config import Config
-from qsmrep.data import SyntheticMaps
-from qsmrep.evaluate import evaluate_checkpoint, evaluate_runs, load_model
-from qsmrep.loss import PhysicsInformedLoss
-from qsmrep.metrics import METRICS
-from qsmrep.physics import forward_field
-from qsmrep.runfolder import (
+from qsmrep.run import runtime
+from qsmrep.core.synth import GENERATOR_VERSION
+from qsmrep.run import trainer as train_mod
+from qsmrep.run.step import clip_and_norm
+from qsmrep.run.config import Config
+from qsmrep.run.data import SyntheticMaps
+from qsmrep.run.evaluate import evaluate_checkpoint, evaluate_runs, load_model
+from qsmrep.core.loss import PhysicsInformedLoss
+from qsmrep.core.metrics import METRICS
+from qsmrep.core.physics import forward_field
+from qsmrep.run.runfolder import (
     HISTORY_COLUMNS,
     TIMING_COLUMNS,
     RunFolder,
@@ -30,7 +32,7 @@ from qsmrep.runfolder import (
     load_checkpoint,
     load_model_state,
 )
-from qsmrep.train import train
+from qsmrep.run.trainer import train
 
 TINY = dict(initial_channels=4, depth=3, device="cpu")
 
@@ -142,7 +144,7 @@ def test_run_folder_layout(reference):
     assert (out / checkpoint_name(cfg.early)).is_file() and cfg.early == 2
     assert (out / checkpoint_name(cfg.epochs)).is_file()
     assert (out / "last.pt").is_file() and json.loads((out / "DONE.json").read_text())["status"] == "finished"
-    assert json.loads((out / "run.json").read_text())["generator"] == train_mod.GENERATOR_VERSION
+    assert json.loads((out / "run.json").read_text())["generator"] == GENERATOR_VERSION
     assert is_finished(out, cfg)
     early = load_checkpoint(out / checkpoint_name(cfg.early))
     assert early["epoch"] == cfg.early and Config.from_dict(early["config"]) == runtime.resolve(cfg)
@@ -236,7 +238,7 @@ def test_device_data_path_matches_cached_maps(reference, tmp_path, monkeypatch):
 def test_worker_data_path_matches_cached_maps(reference, tmp_path):
     """Maps rendered ahead by CPU DataLoader workers (the paper profile's path on a CPU) give the cached maps'
     patches, batch by batch, and train like them (one map at a time is not bit-identical to a batch of maps)."""
-    from qsmrep.data import epoch_plan, patch_batches
+    from qsmrep.run.data import epoch_plan, patch_batches
 
     cfg, out, ref_history = reference
     plan = epoch_plan(cfg.seed, 1, cfg.n_train, cfg.map_size, cfg.patch_size, cfg.batch_size, cfg.iterations)
@@ -260,7 +262,7 @@ def test_worker_data_path_matches_cached_maps(reference, tmp_path):
 def test_cuda_data_path_matches_cached_maps(tmp_path):
     """On a GPU, the maps of each iteration rendered on a side stream (DeviceBatches) are the cached maps'
     patches, and a short training through them follows the cached run (run by scripts/gpu_check.sh tests)."""
-    from qsmrep.data import epoch_plan, patch_batches
+    from qsmrep.run.data import epoch_plan, patch_batches
 
     cfg = tiny(device="cuda", data_device="cuda", epochs=4, early_epoch=2)
     plan = epoch_plan(cfg.seed, 1, cfg.n_train, cfg.map_size, cfg.patch_size, cfg.batch_size, cfg.iterations)
@@ -291,10 +293,10 @@ def test_geometry_reaches_the_generator():
 def test_gradient_clipping_caps_the_global_norm():
     model = torch.nn.Linear(4, 3)
     model(torch.randn(5, 4) * 100).square().sum().backward()
-    before = train_mod._clip_and_norm(model, 0.0)  # 0: the norm, nothing clipped
+    before = clip_and_norm(model, 0.0)  # 0: the norm, nothing clipped
     assert before > 1.0
-    assert train_mod._clip_and_norm(model, 0.0) == pytest.approx(before.item())
-    train_mod._clip_and_norm(model, 1.0)
+    assert clip_and_norm(model, 0.0) == pytest.approx(before.item())
+    clip_and_norm(model, 1.0)
     after = torch.sqrt(sum(p.grad.square().sum() for p in model.parameters()))
     assert after.item() == pytest.approx(1.0, rel=1e-5)
     assert tiny(grad_clip=0.5).grad_clip == 0.5
@@ -381,7 +383,7 @@ def test_evaluate_runs_with_baselines(reference, tmp_path):
 
 
 def test_crop_check_scores_full_maps_and_patch_sized_crops(reference):
-    from qsmrep.evaluate import crop_check
+    from qsmrep.run.evaluate import crop_check
 
     cfg, out, history = reference
     row = crop_check(out / checkpoint_name(cfg.epochs), n_maps=2, device="cpu")

@@ -1,11 +1,11 @@
-"""Tests of qsmrep.unet: shapes from a table, the activation registry, parameter counts, gradients."""
+"""Tests of qsmrep.core.unet: shapes from a table, the activation registry, parameter counts, gradients."""
 
 import pytest
 import torch
 from torch import nn
 
-from qsmrep.loss import PhysicsInformedLoss
-from qsmrep.unet import ACTIVATIONS, UNet3D, count_parameters, make_activation
+from qsmrep.core.loss import PhysicsInformedLoss
+from qsmrep.core.unet import ACTIVATIONS, UNet3D, count_parameters, make_activation
 
 # [kwargs, input_shape, expected_shape]; odd sizes are padded to a multiple of 2^(depth-1) and cropped back.
 SHAPE_CASES = [
@@ -218,7 +218,7 @@ def test_he_initialisation_matches_ronneberger():
 def test_thin_levels_run_in_fp32_under_cpu_bf16_autocast():
     """oneDNN's bf16 weight gradient of a 3³ convolution on a depth-2 input is wrong on AVX512-BF16 CPUs; such
     levels (the 2³ bottleneck of a 32³ patch) run in fp32, every other level in bf16, with gradients everywhere."""
-    from qsmrep.unet import CPU_BF16_MIN_DEPTH, DoubleConv
+    from qsmrep.core.unet import CPU_BF16_MIN_DEPTH, DoubleConv
 
     block = DoubleConv(4, 4, "elu", "none")
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -1,0 +1,235 @@
+"""``python -m qsmrep bench``: training-step, generator, forward-field and data-loader figures.
+
+One row per case; ``--json`` prints one JSON object per row on stdout (progress goes to stderr),
+otherwise a table is printed at the end. Exit code 1 when a case failed (its row has ``error``).
+
+Any profile but ``paper`` (``cpu``, ``smoke``, ``gpu``) measures, on the machine at hand:
+
+* ``train_step``: the trainer's step (:mod:`qsmrep.bench.steps`) for the six variants of the paper
+  (depth 5) at the profile's patch size and batch, in fp32, bf16 autocast and channels-last-3d
+  (bf16 only where it is native; :mod:`qsmrep.bench.plan`): s/iter, voxel/s, GFLOP/s, peak MiB;
+* ``monai_step`` and ``monai_ratio``: MONAI's ``BasicUNet`` in fp32 at 32³, 48³ and the profile's
+  patch, and MONAI's seconds / our fastest setting's (target ≥ 1.8); skipped with ``--no-monai`` or
+  without ``monai`` (``pip install 'qsmrep[bench]'``);
+* ``generator`` (64³, 160³, 320³; s/sample), ``forward_field`` (voxel/s) and ``loader_stall`` (fraction
+  of a short ``cpu``-profile training run spent waiting for data) (:mod:`qsmrep.bench.data`).
+
+``--profile paper`` needs a CUDA GPU; there it measures (:mod:`qsmrep.bench.paper`): training steps at
+4 × 160³ for the six variants (fp32 and the default bf16 + channels-last setting, with TFLOP/s and
+fraction of the card's peak), the MONAI ``BasicUNet`` reference, the data path (training iterations
+with the maps rendered on the device vs. the bare step), the generator on the device at 320³, the
+validation time per epoch, and the projected wall time of the six-variant paper run. On a CPU it
+measures the 320³ generator and the 160³ forward field only. ``--save`` writes these rows to
+``results/bench/<card>-<date>.jsonl``.
+
+``--quick`` runs fewer repeats and cases and stops starting training-step cases after
+:data:`QUICK_BUDGET_SECONDS`, so that it ends within 5 minutes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import re
+import sys
+import time
+
+import torch
+
+from qsmrep.run import files
+from qsmrep.run.config import Config
+from qsmrep.run.runtime import resolve_device
+from qsmrep.study.plan import project_root
+from qsmrep.bench.data import forward_field_rows, generator_rows, stall_rows
+from qsmrep.bench.paper import card_name, paper_rows
+from qsmrep.bench.plan import bf16_usable, comparison_specs, step_specs
+from qsmrep.bench.rows import make_row, to_json
+from qsmrep.bench.steps import PRELOAD, monai_available, run_step_case, speed_ratio_rows
+
+QUICK_BUDGET_SECONDS = 240  # --quick stops starting training-step cases after this, so it ends within 5 minutes
+STALL_PROFILES = ("cpu", "smoke")  # profiles small enough for the loader-stall training run (else: cpu)
+
+
+def _log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def _fmt(value, spec: str = ".3g") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return format(value, spec)
+    return str(value)
+
+
+class RowLog:
+    """The rows of a run as they arrive: kept, printed as JSON lines with ``--json``, logged to stderr."""
+
+    def __init__(self, json_lines: bool):
+        self.json_lines = json_lines
+        self.rows: list[dict] = []
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def __call__(self, new: list[dict]) -> None:
+        for row in new:
+            self.rows.append(row)
+            if self.json_lines:
+                print(to_json(row), flush=True)
+            status = f"ERROR {row['error']}" if row.get("error") else \
+                f"{row.get('figure')} = {_fmt(row.get('value'), '.4g')} {row.get('unit', '')}"
+            _log(f"{row['case']} {_fmt(row.get('variant'))} {_fmt(row.get('patch'))} {_fmt(row.get('precision'))} "
+                 f"{_fmt(row.get('memory_format'))}: {status}  [{self.elapsed():.0f} s]")
+
+
+def skipped_row(reason: str, **values) -> dict:
+    """A ``skipped`` row saying why a case was not run (``unit`` holds the reason)."""
+    return make_row(case="skipped", **values, figure="skipped", value=None, unit=reason)
+
+
+# ---------------------------------------------------------------------------------------------- parts of a run
+def _log_machine(profile: str, device: str, quick: bool) -> None:
+    _log(f"profile {profile}, device {device}, {torch.get_num_threads()} threads, {'quick' if quick else 'full'} run, "
+         f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    if hasattr(os, "getloadavg") and os.getloadavg()[0] > 0.5:
+        _log(f"warning: load average {os.getloadavg()[0]:.1f} before the run; other processes may distort the timings")
+
+
+def _monai_wanted(args) -> bool:
+    """Whether the MONAI reference runs (not with ``--no-monai``, not without monai); says so when not."""
+    if getattr(args, "no_monai", False):
+        _log("note: --no-monai, MONAI BasicUNet reference skipped")
+        return False
+    if not monai_available():
+        _log("note: monai is not installed, MONAI BasicUNet reference skipped (pip install 'qsmrep[bench]')")
+        return False
+    if "monai.networks.nets" not in PRELOAD:
+        PRELOAD.append("monai.networks.nets")
+    return True
+
+
+def _paper(out: RowLog, device: str, use_monai: bool, save: bool) -> None:
+    """The paper-scale rows on a GPU; on a CPU the 320³ generator and the forward field only."""
+    if device != "cuda":
+        _log("note: no CUDA GPU: the paper-scale rows (steps at 160³, data path, validation, projection) need one; "
+             "measuring the CPU data side at 320³ only, the GPU targets wait for a GPU")
+        out(generator_rows(sizes=(320,), repeats=1, device=device))
+        out(forward_field_rows(size=160, batch=4, repeats=2, device=device))
+    else:
+        paper_rows("paper", device, use_monai=use_monai, emit=out)
+    if save:
+        _log(f"rows saved to {save_rows(out.rows, card_name(resolve_device(device)))}")
+
+
+def _budget_spent(out: RowLog, quick: bool) -> bool:
+    return quick and out.elapsed() > QUICK_BUDGET_SECONDS
+
+
+def _train_steps(out: RowLog, profile: str, quick: bool, device: str) -> None:
+    """``train_step`` rows of :func:`~qsmrep.bench.plan.step_specs`; ``skipped`` rows for bf16 where it is
+    not native and for the cases after the quick budget."""
+    if not bf16_usable(device):
+        capability = torch.backends.cpu.get_cpu_capability()
+        note = (f"bf16 cases skipped: this {device.upper()} has no native bf16 (capability {capability}, no AMX or "
+                f"AVX512-BF16); emulated bf16 runs ~50x slower than fp32")
+        _log(f"note: {note}")
+        out([skipped_row(note, precision="bf16")])
+    specs = step_specs(profile, quick, device)
+    for i, spec in enumerate(specs, 1):
+        if _budget_spent(out, quick):
+            out([skipped_row(f"--quick time budget of {QUICK_BUDGET_SECONDS} s reached", variant=spec.variant,
+                             patch=spec.patch, precision=spec.precision, memory_format=spec.memory_format)])
+            continue
+        _log(f"train step {i}/{len(specs)}: {spec.variant} patch {spec.patch} {spec.setting}")
+        out([run_step_case(spec)])
+
+
+def _monai_comparison(out: RowLog, profile: str, quick: bool, device: str) -> None:
+    """Our cases at the MONAI patches, the MONAI cases and the ``monai_ratio`` rows."""
+    extra = comparison_specs(profile, quick, device, out.rows)
+    for i, spec in enumerate(extra, 1):
+        _log(f"comparison {i}/{len(extra)}: {spec.model} {spec.variant} patch {spec.patch} {spec.setting}")
+        out([run_step_case(spec)])
+    out(speed_ratio_rows(out.rows))
+
+
+def _data_side(out: RowLog, profile: str, quick: bool, device: str) -> None:
+    """Generator, forward-field and loader-stall rows."""
+    _log("generator")
+    out(generator_rows(sizes=(64, 160) if quick else (64, 160, 320), repeats=1 if quick else 3, device=device))
+    _log("forward field")
+    size = min(160, max(Config.from_profile(profile).patch_size, 64))
+    out(forward_field_rows(size=size, batch=4, repeats=2 if quick else 5, device=device))
+    stall_profile = profile if profile in STALL_PROFILES else "cpu"
+    epochs = 1 if quick else 3
+    _log(f"data-loader stall: {stall_profile}-profile training, {epochs} epoch(s)")
+    try:
+        out(stall_rows(stall_profile, epochs=epochs, device=device, **({"iters_per_epoch": 8} if quick else {})))
+    except Exception as err:  # noqa: BLE001 - the other rows stand; this one says what failed
+        out([make_row(case="loader_stall", error=f"{type(err).__name__}: {err}")])
+
+
+def main(args) -> int:
+    """Run the benchmark for ``args`` (``profile``, ``quick``, ``json``, ``no_monai``, ``save``); exit code 1 if a case failed."""
+    profile, quick = args.profile, bool(args.quick)
+    Config.from_profile(profile)  # ValueError on an unknown profile
+    device = str(resolve_device("auto"))
+    out = RowLog(bool(args.json))
+    _log_machine(profile, device, quick)
+    use_monai = _monai_wanted(args)
+    if profile == "paper":
+        _paper(out, device, use_monai, save=bool(getattr(args, "save", False)))
+    else:
+        _train_steps(out, profile, quick, device)
+        if use_monai and not _budget_spent(out, quick):
+            _monai_comparison(out, profile, quick, device)
+        _data_side(out, profile, quick, device)
+    if not args.json:
+        print(summary_table(out.rows))
+    failed = [r for r in out.rows if r.get("error")]
+    _log(f"done in {out.elapsed():.0f} s, {len(out.rows)} rows, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------------------------- output
+def _figure_text(row: dict) -> str:
+    if row.get("error"):
+        return f"ERROR {row['error']}"
+    if not row.get("figure"):
+        return "-"
+    text = f"{row['figure']} = {_fmt(row.get('value'), '.4g')} {row.get('unit', '')}".rstrip()
+    if row.get("meets_target") is not None:
+        text += f" (target {'met' if row['meets_target'] else 'missed'})"
+    return text
+
+
+def summary_table(rows: list[dict]) -> str:
+    """A plain-text table of ``rows`` (one line per case; the headline figure with its unit last)."""
+    header = ["case", "variant", "patch", "precision", "memory_format", "s/iter", "Mvoxel/s", "GFLOP/s", "peak MiB",
+              "figure"]
+    lines = [header]
+    for r in rows:
+        lines.append([
+            str(r.get("case")), _fmt(r.get("variant")), _fmt(r.get("patch")), _fmt(r.get("precision")),
+            _fmt(r.get("memory_format")), _fmt(r.get("seconds_per_iter"), ".4g"),
+            _fmt(r["voxels_per_s"] / 1e6 if r.get("voxels_per_s") else None, ".4g"), _fmt(r.get("gflops_per_s"), ".4g"),
+            _fmt(r.get("peak_mem_mb"), ".0f"), _figure_text(r),
+        ])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    out = ["  ".join(cell.ljust(w) for cell, w in zip(line[:-1], widths)) + "  " + line[-1] for line in lines]
+    kinds = sorted({r["peak_mem_kind"] for r in rows if r.get("peak_mem_kind")})
+    if kinds:
+        out.append(f"peak MiB: {'; '.join(kinds)}. GFLOP/s: network forward+backward FLOPs (FlopCounterMode) / s.")
+    return "\n".join(out)
+
+
+def save_rows(rows: list[dict], card: str, folder=None) -> str:
+    """Write ``rows`` as JSON lines to ``results/bench/<card>-<date>.jsonl`` (atomically); returns the path."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", card).strip("-")
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    path = (folder or project_root() / "results" / "bench") / f"{slug}-{date}.jsonl"
+    files.write_text(path, "".join(to_json(r) + "\n" for r in rows))
+    return str(path)

@@ -1,0 +1,217 @@
+"""Test-set evaluation of checkpoints and classical baselines into metric tables.
+
+The test maps are split ``"test"`` of the generator (disjoint seeds from train and validation),
+full maps, metrics inside each map's mask with the QSM challenge 2.0 conventions
+(:mod:`qsmrep.core.metrics`). One row per (model, checkpoint epoch, test map). Each checkpoint is
+loaded once and scored on the test maps (rendered once) and on the head phantom in the same pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from qsmrep.core.metrics import METRICS, compute_metrics, nrmse, summarize
+from qsmrep.core.phantom import head_phantom
+from qsmrep.core.physics import DipolePhysics
+from qsmrep.core.unet import UNet3D
+from qsmrep.run import files
+from qsmrep.run.config import Config
+from qsmrep.run.data import SyntheticMaps
+from qsmrep.run.runfolder import load_checkpoint, load_model_state
+from qsmrep.run.runtime import autocast, native_bf16, resolve_device, to_memory_format
+
+#: classical inversions beside the networks, each with the config's geometry
+BASELINES = {
+    "TKD": lambda field, physics: physics.tkd(field, threshold=0.19),
+    "Tikhonov": lambda field, physics: physics.tikhonov(field, alpha=0.05),
+}
+Invert = Callable[[torch.Tensor], np.ndarray]  # field (X, Y, Z) → χ̂ (X, Y, Z), float32 numpy
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model (eval mode, on its device), its config, epoch and dead-unit census."""
+
+    model: UNet3D
+    config: Config
+    epoch: int
+    dead_per_layer: dict
+
+    def labels(self) -> dict:
+        """The columns naming this model in the metric tables."""
+        c = self.config
+        return {"model": c.variant, "arm": c.arm, "activation": c.activation, "channels": c.initial_channels,
+                "seed": c.seed, "epoch": self.epoch}
+
+    def inverter(self, device: torch.device) -> Invert:
+        precision = inference_precision(self.config, device)
+        return lambda field: predict(self.model, field, device, precision, self.config.memory_format).numpy()
+
+
+def _baseline_labels(name: str) -> dict:
+    return {"model": name, "arm": "", "activation": "", "channels": 0, "seed": 0, "epoch": 0}
+
+
+def _baseline_inverter(name: str, physics: DipolePhysics) -> Invert:
+    return lambda field: BASELINES[name](field, physics).float().numpy()
+
+
+def load(path: str | Path, device: torch.device | str = "cpu", expect: Config | None = None) -> Checkpoint:
+    """The checkpoint at ``path``; ValueError if it does not match ``expect``'s architecture."""
+    ckpt = load_checkpoint(path, map_location=device)
+    config = Config.from_dict(ckpt["config"])
+    if expect is not None and expect.model_kwargs() != config.model_kwargs():
+        raise ValueError(f"checkpoint: {path} holds {config.model_kwargs()}, expected {expect.model_kwargs()}")
+    model = to_memory_format(UNet3D(**config.model_kwargs()).to(device), config.memory_format)
+    load_model_state(model, ckpt["model"], str(path))
+    model.eval()
+    return Checkpoint(model, config, int(ckpt["epoch"]), dict(ckpt.get("dead_per_layer", {})))
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu", expect: Config | None = None) -> tuple[UNet3D, Config, int]:
+    """Model, its config and epoch from a checkpoint (see :func:`load`)."""
+    checkpoint = load(path, device, expect)
+    return checkpoint.model, checkpoint.config, checkpoint.epoch
+
+
+@torch.inference_mode()
+def predict(model: UNet3D, field: torch.Tensor, device: torch.device | str = "cpu", precision: str = "fp32",
+            memory_format: str = "contiguous") -> torch.Tensor:
+    """χ̂ of one field map (X, Y, Z) → (X, Y, Z) float32 on the CPU, in the precision the model was trained in."""
+    device = torch.device(device)
+    with autocast(device, precision):
+        pred = model(to_memory_format(field.reshape(1, 1, *field.shape[-3:]).to(device), memory_format))
+    return pred.float()[0, 0].cpu()
+
+
+def load_test_maps(config: Config, n: int | None = None) -> SyntheticMaps:
+    """The test split of ``config``'s generator and geometry (``n`` maps, default ``config.n_test``), on the CPU."""
+    return SyntheticMaps.from_config(config, "test", device="cpu", cache=True, n=n)
+
+
+def inference_precision(config: Config, device: torch.device) -> str:
+    """The checkpoint's precision where ``device`` runs it natively, else fp32 (a bf16 model evaluated on a
+    CPU without native bf16 would be emulated about 50× slower)."""
+    return config.precision if config.precision != "bf16" or native_bf16(device) else "fp32"
+
+
+def score_maps(labels: dict, invert: Invert, maps, keep_arrays: int = 0) -> tuple[list[dict], dict]:
+    """Rows ``{**labels, "map": i, **metrics}`` for every map, and the predictions of the first ``keep_arrays``
+    maps as numpy (X, Y, Z) under ``pred_<map>``."""
+    rows, arrays = [], {}
+    for index in range(len(maps)):
+        sample = maps[index]
+        pred = invert(sample["field"][0])
+        rows.append({**labels, "map": index, **compute_metrics(pred, sample["chi"][0].numpy(), sample["mask"][0].numpy())})
+        if index < keep_arrays:
+            arrays[f"pred_{index}"] = pred
+    return rows, arrays
+
+
+def evaluate_checkpoint(path: str | Path, n_test: int | None = None, device: str = "auto",
+                        keep_arrays: int = 1) -> tuple[pd.DataFrame, dict]:
+    """One checkpoint on its test maps: ``(table, arrays)`` as :func:`score_maps` gives them (columns model,
+    arm, activation, channels, seed, epoch, map and the metrics of :data:`qsmrep.core.metrics.METRICS`)."""
+    dev = resolve_device(device)
+    checkpoint = load(path, dev)
+    rows, arrays = score_maps(checkpoint.labels(), checkpoint.inverter(dev), load_test_maps(checkpoint.config, n_test),
+                              keep_arrays)
+    return pd.DataFrame(rows), arrays
+
+
+def check_same_data(label: str, path, have: Config, want: Config) -> None:
+    """ValueError when checkpoint ``label``'s training data (:meth:`Config.data_identity`) differ from ``want``'s."""
+    have, want = have.data_identity(), want.data_identity()
+    differing = [k for k in want if have[k] != want[k] and k != "n_test"]
+    if differing:
+        k = differing[0]
+        raise ValueError(f"evaluate: checkpoint {label} ({path}) was trained on other data than the test maps "
+                         f"({k}: {have[k]!r} there, {want[k]!r} here); evaluate it separately")
+
+
+def _truth_arrays(maps, n: int, phantom: dict) -> dict:
+    out = {"phantom/chi": phantom["chi"].numpy(), "phantom/field": phantom["field"].numpy(),
+           "phantom/mask": phantom["mask"].numpy()}
+    for index in range(min(n, len(maps))):
+        sample = maps[index]
+        out.update({f"{key}_{index}": sample[key][0].numpy() for key in ("chi", "field", "mask")})
+    return out
+
+
+def _dead_unit_rows(checkpoint: Checkpoint) -> list[dict]:
+    labels = {k: v for k, v in checkpoint.labels().items() if k != "model"}
+    return [{**labels, "layer": layer, "dead_fraction": fraction} for layer, fraction in checkpoint.dead_per_layer.items()]
+
+
+def evaluate_runs(checkpoints: dict[str, str | Path], out: str | Path, config: Config, device: str = "auto",
+                  keep_arrays: int = 1, baselines: bool = True) -> pd.DataFrame:
+    """Evaluate several checkpoints (label → path) plus baselines; write the tables and arrays to ``out``.
+
+    Every checkpoint must have been trained on the same data as ``config`` (:meth:`Config.data_identity`:
+    map size, generator, geometry, seeds), since all are scored against ``config``'s test maps;
+    ValueError otherwise, before any file is written. Files: ``metrics_per_map.csv`` (one row per model,
+    epoch and map), ``metrics_summary.csv`` (mean and sd over test maps and seeds, per arm, model and epoch),
+    ``metrics_phantom.csv`` (every model and baseline on the head phantom), ``dead_units.csv`` (per
+    checkpoint and activation layer, the fraction of channels never positive on validation map 0, as
+    recorded in training) and ``arrays.npz`` (ground truth and predictions of the first ``keep_arrays``
+    test maps, keys ``<label>/pred_<map>``, and the phantom, keys ``phantom/…``).
+    """
+    out, dev = files.check_writable_dir(out), resolve_device(device)
+    maps, physics = load_test_maps(config), DipolePhysics.from_config(config)
+    phantom = head_phantom(config.map_size, physics)
+    truth = (phantom["chi"].numpy(), phantom["mask"].numpy())
+    tables, phantom_rows, dead_rows, arrays = [], [], [], _truth_arrays(maps, keep_arrays, phantom)
+    models = [(label, path) for label, path in checkpoints.items()] + [(name, None) for name in BASELINES]
+    for label, path in models:
+        if path is None:
+            labels, invert = _baseline_labels(label), _baseline_inverter(label, physics)
+        else:
+            checkpoint = load(path, dev)
+            check_same_data(label, path, checkpoint.config, config)
+            labels, invert = checkpoint.labels(), checkpoint.inverter(dev)
+            dead_rows += _dead_unit_rows(checkpoint)
+        phantom_pred = invert(phantom["field"])
+        phantom_rows.append({"label": label, **labels, **compute_metrics(phantom_pred, *truth)})
+        arrays[f"phantom/{label}"] = phantom_pred
+        if path is not None or baselines:
+            rows, preds = score_maps(labels, invert, maps, keep_arrays)
+            tables.append(pd.DataFrame(rows).assign(label=label))
+            arrays.update({f"{label}/{key}": value for key, value in preds.items()})
+    per_map = pd.concat(tables, ignore_index=True)
+    summary = summarize(per_map, by=["arm", "model", "activation", "channels", "epoch"], metrics=list(METRICS))
+    files.write_text(out / "metrics_per_map.csv", per_map.to_csv(index=False))
+    files.write_text(out / "metrics_summary.csv", summary.to_csv(index=False))
+    files.write_text(out / "metrics_phantom.csv", pd.DataFrame(phantom_rows).to_csv(index=False))
+    dead_columns = ["arm", "activation", "channels", "seed", "epoch", "layer", "dead_fraction"]
+    files.write_text(out / "dead_units.csv", pd.DataFrame(dead_rows, columns=dead_columns).to_csv(index=False))
+    files.save_npz(out / "arrays.npz", **arrays)
+    return per_map
+
+
+def crop_check(path: str | Path, n_maps: int = 4, device: str = "auto") -> dict:
+    """Mean validation NRMSE of a checkpoint on full maps and on centre crops of its training patch size.
+
+    A diagnostic for runs whose validation blew up while training stayed finite: a network that is fine on
+    patch-sized inputs but not on full maps learned something that depends on the input's extent (at the
+    ``cpu`` profile a 32³ patch reaches the 5-level U-Net's bottleneck as 2³, a 64³ map as 4³)."""
+    dev = resolve_device(device)
+    checkpoint = load(path, dev)
+    config, invert = checkpoint.config, checkpoint.inverter(dev)
+    maps = SyntheticMaps.from_config(config, "val", device="cpu", cache=True, n=min(n_maps, config.n_val))
+    lo = (config.map_size - config.patch_size) // 2
+    window = (slice(lo, lo + config.patch_size),) * 3
+    full, crop = [], []
+    for index in range(len(maps)):
+        sample = maps[index]
+        field, chi, mask = sample["field"][0], sample["chi"][0], sample["mask"][0]
+        full.append(nrmse(invert(field), chi, mask))
+        crop.append(nrmse(invert(field[window]), chi[window], mask[window]))
+    labels = {k: v for k, v in checkpoint.labels().items() if k != "model"}
+    return {**labels, "maps": len(maps), "val_nrmse_full_maps": sum(full) / len(full),
+            f"val_nrmse_centre_crops_{config.patch_size}": sum(crop) / len(crop)}

@@ -1,0 +1,230 @@
+"""Training of one variant: the training step over a data source, validation after every epoch,
+checkpoints, resume, history.
+
+The run's files live in a :class:`qsmrep.run.runfolder.RunFolder`. Every file is written
+atomically and the completion marker last, so a run killed at any moment (SIGKILL included)
+restarts from its last finished epoch, and ``history.csv`` holds each epoch exactly once. The
+batches of an epoch depend on (seed, epoch) only (:mod:`qsmrep.run.sources`) and the optimiser
+state is restored, so on a CPU an interrupted-and-resumed run ends with the same history (timing
+columns aside) and the same weights as an uninterrupted one.
+
+A non-finite loss or gradient with ``nonfinite="stop"`` (or an epoch whose every step was
+non-finite with ``nonfinite="skip"``) ends the run as *diverged*: a result, recorded in the
+completion marker with the epoch, the iteration and the last finite values, not an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+from torch import nn
+
+from qsmrep.core.loss import PhysicsInformedLoss
+from qsmrep.core.physics import DipolePhysics
+from qsmrep.core.unet import UNet3D
+from qsmrep.run import distributed, runtime
+from qsmrep.run.config import Config
+from qsmrep.run.runfolder import DIVERGED, FINISHED, HISTORY_COLUMNS, RunFolder, load_model_state
+from qsmrep.run.sources import DataSource, SyntheticSource
+from qsmrep.run.step import TrainingStep
+from qsmrep.run.validation import validate
+
+
+def _log(message: str) -> None:
+    print(f"[qsmrep] {message}", file=sys.stderr, flush=True)
+
+
+def build_model(config: Config, device: torch.device | str = "cpu") -> UNet3D:
+    """The U-Net of ``config``, initialised from ``config.seed``, in its memory format."""
+    torch.manual_seed(config.seed)
+    model = UNet3D(**config.model_kwargs()).to(device)
+    return runtime.to_memory_format(model, config.memory_format)
+
+
+def train(config: Config, out: str | Path, progress: bool = True, force: bool = False,
+          on_finish: Callable[[nn.Module], None] | None = None, data: DataSource | None = None) -> pd.DataFrame:
+    """Train ``config``'s variant into run folder ``out``; resume if it holds an unfinished run.
+
+    ``data`` is the source of training batches and validation maps (:mod:`qsmrep.run.sources`);
+    default: the config's synthetic generator (:class:`~qsmrep.run.sources.SyntheticSource`), built only
+    when there is training left to do. ``auto`` settings are resolved for this machine first
+    (:func:`qsmrep.run.runtime.resolve`); the folder stores the resolved configuration and refuses to
+    continue a run made with another one (another device, precision or data source). Returns the
+    history (one row per finished epoch). A complete run, finished or diverged, returns its history
+    without training. ``on_finish(model)`` is called with the trained model at the end. Under
+    ``torchrun`` with several processes, training is data-parallel (:mod:`qsmrep.run.distributed`);
+    rank 0 writes the files and returns the full history.
+    """
+    config = runtime.resolve(config)
+    context = distributed.setup(config.device)
+    run = RunFolder(out)
+    try:
+        with run.lock() if context.is_main else contextlib.nullcontext():
+            return Trainer(config, run, context, progress, data).fit(force, on_finish)
+    finally:
+        context.close()
+
+
+class _Diverged(Exception):
+    """Raised inside an epoch when the run ends as diverged (at ``epoch``, ``iteration``)."""
+
+    def __init__(self, epoch: int, iteration: int):
+        super().__init__(epoch, iteration)
+        self.epoch, self.iteration = epoch, iteration
+
+
+class Trainer:
+    """One run of :func:`train`: the model, its training step and the epochs left to train."""
+
+    def __init__(self, config: Config, run: RunFolder, context: distributed.Context, progress: bool,
+                 data: DataSource | None):
+        self.config, self.run, self.context, self.data = config, run, context, data
+        self.progress = progress and context.is_main
+        self.device = torch.device(config.device)
+        if context.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", context.local_rank)
+        self.rows: list[dict] = []
+        self.last_finite: float | None = None
+        self.bar = None
+
+    def _build(self) -> None:
+        """Model, loss and training step (data-parallel and compiled where the config says)."""
+        config, context = self.config, self.context
+        self.model = build_model(config, self.device)
+        net = self.model
+        if context.enabled:
+            if self.device.type == "cuda":
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            ids = [context.local_rank] if self.device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        net = torch.compile(net) if config.compile == "on" else net
+        self.loss_fn = PhysicsInformedLoss.from_config(config, DipolePhysics.from_config(config))
+        self.step = TrainingStep.from_config(config, self.model, self.loss_fn, self.device, net=net,
+                                             agree=context.all_true)
+
+    def _resume(self) -> int:
+        """Restore the last finished epoch from ``last.pt``; the first epoch still to train."""
+        state = self.run.resume_state(map_location=self.device)
+        if state is None:
+            return 1
+        load_model_state(self.model, state["model"], str(self.run.file(self.run.LAST)))
+        self.step.optimizer.load_state_dict(state["optimizer"])
+        self.rows = list(state["history"])
+        return int(state["epoch"]) + 1
+
+    def fit(self, force: bool, on_finish) -> pd.DataFrame:
+        config, run, context = self.config, self.run, self.context
+        if context.is_main:
+            run.prepare(config, (self.data or SyntheticSource).identity, force)
+        context.barrier()
+        self._build()
+        start_epoch = self._resume()
+        context.barrier()
+        if run.done() is not None or start_epoch > config.epochs:
+            return self._complete(on_finish)
+        if start_epoch > 1 and context.is_main:
+            _log(f"train {config.variant} ({config.arm}, seed {config.seed}): resuming {run.path} from epoch "
+                 f"{start_epoch} of {config.epochs}")
+        if self.data is None:
+            data_device = self.device if config.data_device == self.device.type else torch.device(config.data_device)
+            self.data = SyntheticSource(config, data_device, progress=self.progress)
+        self.bar = _progress_bar(config, self.data.iterations, start_epoch, self.progress)
+        self.model.train()
+        try:
+            for epoch in range(start_epoch, config.epochs + 1):
+                self._epoch(epoch)
+        except _Diverged as stop:
+            return self._diverged(stop.epoch, stop.iteration)
+        self.bar.close()
+        context.broadcast_buffers(self.model)
+        if context.is_main:
+            run.mark(FINISHED, epochs=config.epochs)
+        if on_finish is not None:
+            on_finish(self.model)
+        return pd.DataFrame(self.rows, columns=HISTORY_COLUMNS)
+
+    def _complete(self, on_finish) -> pd.DataFrame:
+        """A run with nothing left to train: complete its files if the marker is missing, return its history."""
+        if self.context.is_main and self.run.done() is None:  # killed after the last epoch's files, before the marker
+            self.run.write_history(self.rows)
+            self.run.mark(FINISHED, epochs=self.config.epochs)
+        if on_finish is not None:
+            on_finish(self.model)
+        return self.run.history() if self.context.is_main else pd.DataFrame(self.rows, columns=HISTORY_COLUMNS)
+
+    def _train_epoch(self, epoch: int) -> dict:
+        """The steps of one epoch; the history columns of its training part. Raises :class:`_Diverged`."""
+        sums = {"total": 0.0, "chi": 0.0, "field": 0.0}
+        steps = skipped = 0
+        data_seconds = 0.0
+        started = waited = time.perf_counter()
+        shard = lambda batch: distributed.shard(batch, self.context)  # noqa: E731
+        for iteration, (field, chi) in enumerate(self.data.batches(epoch, shard), 1):
+            field, chi = field.to(self.device, non_blocking=True), chi.to(self.device, non_blocking=True)
+            data_seconds += time.perf_counter() - waited
+            result = self.step(field, chi)
+            if not result.finite:
+                if self.config.nonfinite == "stop":
+                    raise _Diverged(epoch, iteration)
+                skipped += 1
+            else:
+                steps += 1
+                for key in sums:
+                    sums[key] += result.parts[key].item()
+                self.last_finite = result.parts["total"].item()
+            self.bar.update(1)
+            self.bar.set_postfix(epoch=epoch, loss=f"{result.parts['total'].item():.4f}", refresh=False)
+            waited = time.perf_counter()
+        if steps == 0:
+            raise _Diverged(epoch, self.data.iterations)
+        means = self.context.mean([sums["total"] / steps, sums["chi"] / steps, sums["field"] / steps])
+        return {"epoch": epoch, "iterations": steps + skipped, "train_loss": means[0], "train_chi": means[1],
+                "train_field": means[2], "skipped_steps": skipped, "started": started, "data_seconds": data_seconds}
+
+    def _epoch(self, epoch: int) -> None:
+        """Train one epoch; on rank 0 validate it and save its row, checkpoint and resume point."""
+        row = self._train_epoch(epoch)
+        if not self.context.is_main:
+            self.context.barrier()  # rank 0 validates and writes
+            return
+        config = self.config
+        val_started = time.perf_counter()
+        val = validate(self.model, self.data.validation, self.loss_fn, self.device, config.precision, config.memory_format)
+        started = row.pop("started")
+        row.update(val_loss=val["val_loss"], val_nrmse=val["val_nrmse"], dead_fraction=val["dead_fraction"],
+                   seconds=time.perf_counter() - started, val_seconds=time.perf_counter() - val_started,
+                   peak_mem_mb=runtime.peak_memory_mb(self.device))
+        self.rows.append({key: row[key] for key in HISTORY_COLUMNS})
+        self.bar.set_postfix(epoch=epoch, val_nrmse=f"{val['val_nrmse']:.1f}%", refresh=True)
+        state = {"model": self.model.state_dict(), "epoch": epoch, "config": config.to_dict(), "history": self.rows,
+                 "dead_per_layer": val["dead_per_layer"]}
+        self.run.save_epoch(state, self.step.optimizer.state_dict(), self.rows,
+                            keep_checkpoint=epoch in (config.early, config.epochs))
+        self.context.barrier()
+
+    def _diverged(self, epoch: int, iteration: int) -> pd.DataFrame:
+        """End the run as diverged: history up to the last good epoch, then the marker with where and what."""
+        self.bar.close()
+        config, rows = self.config, self.rows
+        if self.context.is_main:
+            last = rows[-1] if rows else {}
+            self.run.write_history(rows)
+            self.run.mark(DIVERGED, epoch=epoch, iteration=iteration, last_good_epoch=last.get("epoch"),
+                          last_finite={key: last[key] for key in ("train_loss", "val_loss", "val_nrmse") if key in last},
+                          last_finite_step_loss=self.last_finite)
+            _log(f"train {config.variant} ({config.arm}, seed {config.seed}): diverged (non-finite loss or gradient) "
+                 f"at epoch {epoch}, iteration {iteration}; a result, recorded in {self.run.file(self.run.DONE)}")
+        return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+
+
+def _progress_bar(config: Config, iterations: int, start_epoch: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=config.epochs * iterations, initial=(start_epoch - 1) * iterations,
+                desc=f"train {config.variant}", disable=not enabled, mininterval=2, unit="it", dynamic_ncols=True)

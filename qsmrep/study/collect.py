@@ -1,0 +1,181 @@
+"""Tables across the runs of a study, found on disk: histories, run status, divergences, costs, and
+the checkpoints to evaluate. Each table function writes its CSV into ``results/<profile>/`` unless
+``write=False``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from qsmrep.core.unet import UNet3D, count_parameters
+from qsmrep.run import files
+from qsmrep.run.config import Config
+from qsmrep.run.runfolder import DIVERGED, RunFolder
+from qsmrep.study.curves import BLOWUP_NRMSE, end_level, epochs_to_reach
+from qsmrep.study.estimate import training_memory_bytes
+from qsmrep.study.plan import KINDS, checkpoint_label, results_dir
+
+
+def list_runs(profile: str, root: str | Path | None = None, kind: str = "runs") -> list[tuple[Config, RunFolder]]:
+    """(config, run folder) of every folder of ``kind`` (:data:`qsmrep.study.plan.KINDS`) that holds a config,
+    sorted by arm and name."""
+    runs = []
+    for path in sorted((results_dir(profile, root) / kind).glob("*/*_s*")):
+        folder = RunFolder(path)
+        config = folder.config()
+        if config is not None:
+            runs.append((config, folder))
+    return runs
+
+
+def trained_commits(profile: str, root: str | Path | None = None) -> dict[str, list[str]]:
+    """Commits at which the finished runs of each kind were trained (their ``DONE.json``), by kind, sorted."""
+    commits = {}
+    for kind in KINDS:
+        found = {str((folder.done() or {}).get("commit", "")) for _, folder in list_runs(profile, root, kind)}
+        if found - {""}:
+            commits[kind] = sorted(found - {""})
+    return commits
+
+
+def labels(config: Config) -> dict:
+    """The columns that name a run in every table: arm, activation, channels, seed."""
+    return {"arm": config.arm, "activation": config.activation, "channels": config.initial_channels, "seed": config.seed}
+
+
+def divergence_of(history: pd.DataFrame, done: dict) -> dict:
+    """How a run diverged, if it did: ``kind`` ``non-finite`` (training stopped on a NaN/Inf loss or gradient)
+    or ``validation`` (training finite, but the end level of the validation NRMSE, the median over the last
+    20 % of epochs, above :data:`~qsmrep.study.curves.BLOWUP_NRMSE`: the model became far worse than predicting
+    zero), the epoch it happened (for ``validation``: the first epoch above the threshold) and the last finite
+    values before it."""
+    if done.get("status") == DIVERGED:
+        last = done.get("last_finite", {})
+        return {"diverged_kind": "non-finite", "diverged_epoch": done.get("epoch"), "diverged_iteration": done.get("iteration"),
+                "last_finite_train_loss": last.get("train_loss"), "last_finite_val_nrmse": last.get("val_nrmse")}
+    curve = history.sort_values("epoch")
+    if len(curve) and end_level(curve["val_nrmse"]) > BLOWUP_NRMSE:
+        first = int(curve.loc[curve.val_nrmse > BLOWUP_NRMSE, "epoch"].iloc[0])
+        before = curve[curve.epoch < first]
+        return {"diverged_kind": "validation", "diverged_epoch": first, "diverged_iteration": None,
+                "last_finite_train_loss": float(before.train_loss.iloc[-1]) if len(before) else None,
+                "last_finite_val_nrmse": float(before.val_nrmse.iloc[-1]) if len(before) else None}
+    return {"diverged_kind": "", "diverged_epoch": None, "diverged_iteration": None, "last_finite_train_loss": None,
+            "last_finite_val_nrmse": None}
+
+
+def _write(table: pd.DataFrame, profile: str, root, name: str, write: bool) -> pd.DataFrame:
+    if write and len(table):
+        files.write_text(results_dir(profile, root) / name, table.to_csv(index=False))
+    return table
+
+
+def run_status_table(profile: str, root: str | Path | None = None, write: bool = True) -> pd.DataFrame:
+    """One row per run: arm, variant, seed, status (finished, diverged, partial), precision and memory format
+    used, and, where it diverged (:func:`divergence_of`), how, at which epoch, and the last values before."""
+    rows = []
+    for config, folder in list_runs(profile, root):
+        done = folder.done() or {}
+        rows.append({**labels(config), "status": folder.status(), "precision": config.precision,
+                     "memory_format": config.memory_format, "grad_clip": config.grad_clip,
+                     **divergence_of(folder.history(), done), "trained_at_commit": done.get("commit", "")})
+    return _write(pd.DataFrame(rows), profile, root, "run_status.csv", write)
+
+
+#: the history table of each kind of run (the evaluate step writes them; the report reads them)
+HISTORY_TABLES = {"runs": "histories.csv", "guard": "guard_histories.csv", "clip": "clip_histories.csv"}
+
+
+def collect_histories(profile: str, root: str | Path | None = None, write: bool = True, kind: str = "runs") -> pd.DataFrame:
+    """All runs' histories of ``kind`` in one table with arm, activation, channels, seed and status columns
+    (written to :data:`HISTORY_TABLES` [kind])."""
+    frames = []
+    for config, folder in list_runs(profile, root, kind):
+        frame = folder.history()
+        if len(frame):
+            frames.append(frame.assign(**labels(config), status=folder.status(), precision=config.precision,
+                                       diverged=bool(divergence_of(frame, folder.done() or {})["diverged_kind"])))
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return _write(table, profile, root, HISTORY_TABLES[kind], write)
+
+
+def _target_levels(runs) -> dict[str, float]:
+    """Per arm: the highest end level of validation NRMSE among the arm's runs that did not diverge."""
+    targets: dict[str, float] = {}
+    for config, folder, history in runs:
+        if len(history) and not divergence_of(history, folder.done() or {})["diverged_kind"]:
+            level = end_level(history.sort_values("epoch")["val_nrmse"])
+            targets[config.arm] = max(targets.get(config.arm, float("-inf")), level)
+    return targets
+
+
+def _cost_row(config: Config, history: pd.DataFrame, target: float) -> dict:
+    steady = history["seconds"].iloc[1:] if len(history) > 1 else history["seconds"]
+    paper = Config.from_profile("paper", activation=config.activation, activation_params=config.activation_params,
+                                initial_channels=config.initial_channels, norm=config.norm, precision=config.precision)
+    voxel_ratio = (paper.batch_size * paper.patch_size**3) / (config.batch_size * config.patch_size**3)
+    reached = epochs_to_reach(history.set_index("epoch")["val_nrmse"], target)
+    per_iteration = float(steady.median()) / config.iterations
+    return {**labels(config), "params": count_parameters(UNet3D(**config.model_kwargs())),
+            "seconds_per_epoch": float(steady.median()), "seconds_per_iteration": per_iteration,
+            "train_seconds": float(history["seconds"].sum()), "peak_mem_mb": float(history["peak_mem_mb"].max()),
+            "target_nrmse": target,
+            "seconds_to_target": float(history.loc[history.epoch <= reached, "seconds"].sum())
+            if reached != float("inf") else float("nan"),
+            "paper_seconds_per_iteration_extrapolated": per_iteration * voxel_ratio,
+            "paper_memory_gib_estimate": training_memory_bytes(paper) / 2**30,
+            "precision": config.precision, "memory_format": config.memory_format,
+            "patch_size": config.patch_size, "batch_size": config.batch_size}
+
+
+_COST_MEANS = ("seconds_per_epoch", "seconds_per_iteration", "train_seconds", "seconds_to_target",
+               "paper_seconds_per_iteration_extrapolated")
+_COST_FIRSTS = ("params", "target_nrmse", "paper_memory_gib_estimate", "precision", "memory_format", "patch_size",
+                "batch_size")
+
+
+def cost_table(profile: str, root: str | Path | None = None, write: bool = True) -> pd.DataFrame:
+    """Per arm and variant (mean over seeds): parameters, seconds per epoch and per iteration, peak memory, total time.
+
+    Seconds per epoch is the median over epochs after the first (which holds one-off warm-up).
+    Paper scale (four 160³ patches): memory is the estimate of :mod:`qsmrep.study.estimate`, the time per
+    iteration is *extrapolated* from this run by the voxel ratio (compute grows linearly with voxels),
+    unless this run is the paper profile; GPU measurements, where committed, are shown beside it by
+    the report. ``seconds_to_target`` is the training time until the validation NRMSE first reaches
+    ``target_nrmse``: the highest end level (median over the last 20 % of epochs) of the arm's
+    finished runs, a level every finished run reaches and that a last-epoch spike cannot inflate.
+    """
+    runs = [(config, folder, folder.history()) for config, folder in list_runs(profile, root)]
+    targets = _target_levels(runs)
+    table = pd.DataFrame([_cost_row(config, history, targets.get(config.arm, float("nan")))
+                          for config, _, history in runs if len(history)])
+    if len(table):
+        aggregations = {"seeds": ("seed", "count"), "peak_mem_mb": ("peak_mem_mb", "max"),
+                        **{name: (name, "mean") for name in _COST_MEANS}, **{name: (name, "first") for name in _COST_FIRSTS}}
+        table = table.groupby(["arm", "activation", "channels"], as_index=False, sort=False).agg(**aggregations)
+        order = ["arm", "activation", "channels", "seeds", "params", "seconds_per_epoch", "seconds_per_iteration",
+                 "train_seconds", "peak_mem_mb", "target_nrmse", "seconds_to_target",
+                 "paper_seconds_per_iteration_extrapolated", "paper_memory_gib_estimate", "precision", "memory_format",
+                 "patch_size", "batch_size"]
+        table = table[order]
+    return _write(table, profile, root, "costs.csv", write)
+
+
+def checkpoints_for_evaluation(profile: str, root: str | Path | None = None, kind: str = "runs") -> dict[str, Path]:
+    """:func:`~qsmrep.study.plan.checkpoint_label` → early and final checkpoint of every run of ``kind`` that has them."""
+    out = {}
+    for config, folder in list_runs(profile, root, kind):
+        for epoch in sorted({config.early, config.epochs}):
+            path = folder.checkpoint(epoch)
+            if path.exists():
+                out[checkpoint_label(config.arm, folder.path.name, epoch)] = path
+    return out
+
+
+def divergences(status: pd.DataFrame | None) -> pd.DataFrame:
+    """The diverged rows of a run-status table (:func:`run_status_table`): training stopped on a non-finite
+    number, or finished with a validation NRMSE blown up far beyond a zero prediction's."""
+    if status is None or not len(status) or "diverged_epoch" not in status:
+        return pd.DataFrame(columns=["activation", "channels", "seed", "diverged_epoch", "diverged_kind"])
+    return status[status.diverged_epoch.notna()]
