@@ -29,7 +29,7 @@ def _histories(final_loss: dict, speed: dict, dead: dict, epochs: int = 20) -> p
         for e in range(1, epochs + 1):
             level = final_loss[key] + (1 - final_loss[key]) * np.exp(-e / speed[key])
             rows.append({"epoch": e, "activation": a, "channels": c, "seed": 0, "train_loss": level, "val_loss": level,
-                         "val_nrmse": 100 * level, "dead_fraction": dead[key]})
+                         "val_nrmse": 100 * level, "dead_fraction": dead[key], "zero_gradient_fraction": dead[key]})
     return pd.DataFrame(rows)
 
 
@@ -103,11 +103,11 @@ def test_c1_judges_the_end_level_not_the_last_epoch():
     histories, metrics, costs = _paper_like()
     spike = (histories.activation == "relu") & (histories.channels == 16) & (histories.epoch == 20)
     spiked = histories.copy()
-    spiked.loc[spike, "val_loss"] = 3.0  # last value 7× the first: the old last/first rule said "not converged"
+    spiked.loc[spike, "val_nrmse"] = 300.0  # last value 7× the first: the old last/first rule said "not converged"
     assert evaluate_claims(spiked, metrics, 4, 20, costs).set_index("id").loc["C1", "verdict"] == REPRODUCED
     slow = histories.copy()
     rows = (slow.activation == "elu") & (slow.channels == 32)
-    slow.loc[rows, "val_loss"] = 1.0 - 0.04 * slow.loc[rows, "epoch"]  # linear fall, still moving at the end
+    slow.loc[rows, "val_nrmse"] = 100.0 - 4.0 * slow.loc[rows, "epoch"]  # linear fall, still moving at the end
     claims = evaluate_claims(slow, metrics, 4, 20, costs).set_index("id")
     assert claims.loc["C1", "verdict"] == NOT_REPRODUCED and "elu32" in claims.loc["C1", "evidence"]
 
@@ -122,10 +122,10 @@ def test_a_diverged_model_makes_the_claims_that_need_it_not_testable():
                             "diverged_epoch": 10 if (a, c) == ("leaky_relu", 16) else None,
                             "last_finite_val_nrmse": 55.5 if (a, c) == ("leaky_relu", 16) else None} for a, c in VARIANTS])
     claims = evaluate_claims(histories, metrics, 4, 20, costs, status).set_index("id")
-    for cid in ("C1", "C2", "C3"):  # they need leaky ReLU 16
+    for cid in ("C1", "C2", "C3", "C7"):  # they need leaky ReLU 16 (C7 compares every activation's 16/32 ratio)
         assert claims.loc[cid, "verdict"] == NOT_TESTABLE_DIVERGED
         assert "leaky_relu16 seed 0 at epoch 10" in claims.loc[cid, "evidence"] and "55.5 %" in claims.loc[cid, "evidence"]
-    for cid in ("C4", "C5", "C6", "C7", "C8"):  # they do not
+    for cid in ("C4", "C5", "C6", "C8"):  # they do not
         assert claims.loc[cid, "verdict"] == REPRODUCED, cid
     # a divergence before the early checkpoint makes C6 untestable too when it hits ELU16 or ReLU16
     status.loc[(status.activation == "relu") & (status.channels == 16), ["status", "diverged_epoch"]] = ["diverged", 3]
@@ -138,8 +138,9 @@ def test_compare_arms_names_the_claims_that_change():
     b = pd.DataFrame({"id": ["C1", "C3", "C8"], "verdict": [REPRODUCED, NOT_REPRODUCED, NOT_REPRODUCED]})
     table, text = compare_arms({"none": a, "batch": b})
     assert list(table.columns) == ["id", "none", "batch"] and len(table) == 3
-    assert "C3 is reproduced without normalisation (the standard U-Net) but not reproduced with batch normalisation" in text
-    assert "C8 is" in text and "The verdicts of C1 are the same in both arms" in text
+    assert ("C3 (reproduced without normalisation (the standard U-Net), not reproduced with batch normalisation)"
+            in text)
+    assert "C8 (" in text and "The verdicts of C1 are the same in both arms" in text
 
 
 def test_default_arm_evidence_counts_the_divergences_of_each_arm():
@@ -353,3 +354,74 @@ def test_sweep_table_without_the_reference_or_with_one_seed_decides_nothing():
     one_seed = sweep_table(_sweep_metrics({"elu-1": [0.0], "gelu": [30.0]})).set_index("setting")
     assert one_seed.loc["gelu", "verdict"] == "undecided" and one_seed.loc["gelu", "Δ vs elu-1"] == pytest.approx(30.0)
     assert np.isnan(one_seed.loc["gelu", "95 % CI low"])
+
+
+# ------------------------------------------------------------------ the rules corrected after the reference was read
+def _seeded_claim_inputs(per_seed_nrmse: dict[str, list[float]]):
+    """Paper-like histories for several seeds, and test metrics whose per-seed final NRMSE is given per variant."""
+    histories, metrics, costs = _paper_like()
+    seeds = len(next(iter(per_seed_nrmse.values())))
+    hs, ms = [], []
+    for seed in range(seeds):
+        hs.append(histories.assign(seed=seed))
+        m = metrics.assign(seed=seed)
+        for key, values in per_seed_nrmse.items():
+            rows = (m.activation + m.channels.astype(str) == key) & (m.epoch == 20)
+            m.loc[rows, "nrmse"] = values[seed]
+        ms.append(m)
+    return pd.concat(hs, ignore_index=True), pd.concat(ms, ignore_index=True), costs
+
+
+def test_c5_with_an_interval_across_the_boundary_is_undecided_not_refuted():
+    """The reference's C5: ELU 32 best on average by a hair, one seed far off: the interval spans zero."""
+    from qsmrep.study.claims import UNDECIDED
+    from qsmrep.study.stats import seed_statistics
+
+    elu32 = [19.0, 19.2, 19.1, 30.0]  # mean 21.8 > leaky's 20.5: the old rule said "no" on the mean alone
+    histories, metrics, costs = _seeded_claim_inputs({"elu32": elu32, "leaky_relu32": [20.5] * 4, "relu32": [21.0] * 4})
+    table = seed_statistics(histories, metrics, 4, 20).set_index("claim")
+    assert table.loc["C5 NRMSE", "95 % CI low"] < 0 < table.loc["C5 NRMSE", "95 % CI high"]
+    assert table.loc["C5 NRMSE", "supports"] is None
+    claims = evaluate_claims(histories, metrics, 4, 20, costs).set_index("id")
+    assert claims.loc["C5", "verdict"] == UNDECIDED
+    assert "the means alone would say not reproduced" in claims.loc["C5", "evidence"]
+
+
+def test_the_headline_verdict_follows_the_seed_interval_rule():
+    """Seed means that favour ELU 16 at the early epoch, with seeds that disagree: the headline says undecided;
+    seeds that agree: reproduced; with one seed the point rule decides."""
+    from qsmrep.study.claims import UNDECIDED
+
+    histories, metrics, costs = _seeded_claim_inputs({"elu32": [19.5] * 3})
+    early = metrics.epoch == 4
+    agree = metrics.copy()
+    claims = evaluate_claims(histories, agree, 4, 20, costs).set_index("id")
+    assert claims.loc["C6", "verdict"] == REPRODUCED and "95 % intervals" in claims.loc["C6", "evidence"]
+    noisy = metrics.copy()
+    elu16 = early & (noisy.activation == "elu") & (noisy.channels == 16)
+    noisy.loc[elu16, "nrmse"] = noisy.loc[elu16, "seed"].map({0: 20.0, 1: 70.0, 2: 25.0})  # mean 38.3 < ReLU's 60
+    claims = evaluate_claims(histories, noisy, 4, 20, costs).set_index("id")
+    assert claims.loc["C6", "verdict"] == UNDECIDED
+    one = evaluate_claims(histories[histories.seed == 0], noisy[noisy.seed == 0], 4, 20, costs).set_index("id")
+    assert one.loc["C6", "verdict"] == REPRODUCED
+
+
+def test_c7_fails_when_a_relu_pair_matches_as_well_as_the_elu_pair():
+    histories, metrics, costs = _paper_like()
+    assert evaluate_claims(histories, metrics, 4, 20, costs).set_index("id").loc["C7", "verdict"] == REPRODUCED
+    matched = metrics.copy()
+    relu16 = (matched.activation == "relu") & (matched.channels == 16) & (matched.epoch == 20)
+    matched.loc[relu16, "nrmse"] = 21.0  # ReLU 16 = ReLU 32: its ratio 1.00 beats ELU's 20/19.5 = 1.03
+    claims = evaluate_claims(histories, matched, 4, 20, costs).set_index("id")
+    assert claims.loc["C7", "verdict"] == NOT_REPRODUCED and "relu 1.00" in claims.loc["C7", "evidence"]
+    slow = costs.assign(seconds_to_target=[10.0 if c == 16 else 5.0 for c in costs.channels], target_nrmse=25.0)
+    claims = evaluate_claims(histories, metrics, 4, 20, slow).set_index("id")  # ELU 16 slower to the target
+    assert claims.loc["C7", "verdict"] == NOT_REPRODUCED and "10 / 5 s" in claims.loc["C7", "evidence"]
+
+
+def test_c8_is_not_testable_on_runs_that_recorded_only_never_positive_channels():
+    from qsmrep.study.claims import NOT_RECORDED
+
+    histories, metrics, costs = _paper_like()
+    claims = evaluate_claims(histories.drop(columns="zero_gradient_fraction"), metrics, 4, 20, costs).set_index("id")
+    assert claims.loc["C8", "verdict"] == NOT_RECORDED

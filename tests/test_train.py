@@ -130,6 +130,10 @@ def test_training_learns(reference):
     assert last < 0.85 * first
     assert history["val_loss"].iloc[-1] < 0.85 * history["val_loss"].iloc[0]
     assert np.isfinite(history[["train_loss", "val_loss", "val_nrmse"]].to_numpy()).all()
+    # dead units by both criteria, recorded every epoch; a dead unit by the slope criterion is also never positive
+    # for ELU (its slope is small only for negative inputs), so the slope count cannot exceed the never-positive one
+    assert history["zero_gradient_fraction"].between(0, 1).all() and history["dead_fraction"].between(0, 1).all()
+    assert (history["zero_gradient_fraction"] <= history["dead_fraction"] + 1e-9).all()
 
 
 def test_run_folder_layout(reference):

@@ -41,7 +41,8 @@ class Checkpoint:
     model: UNet3D
     config: Config
     epoch: int
-    dead_per_layer: dict
+    dead_per_layer: dict  # layer → fraction of channels never positive on validation map 0
+    zero_gradient_per_layer: dict  # layer → fraction dead by the slope criterion (empty for older runs)
 
     def labels(self) -> dict:
         """The columns naming this model in the metric tables."""
@@ -71,7 +72,8 @@ def load(path: str | Path, device: torch.device | str = "cpu", expect: Config | 
     model = to_memory_format(UNet3D(**config.model_kwargs()).to(device), config.memory_format)
     load_model_state(model, ckpt["model"], str(path))
     model.eval()
-    return Checkpoint(model, config, int(ckpt["epoch"]), dict(ckpt.get("dead_per_layer", {})))
+    return Checkpoint(model, config, int(ckpt["epoch"]), dict(ckpt.get("dead_per_layer", {})),
+                      dict(ckpt.get("zero_gradient_per_layer", {})))
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu", expect: Config | None = None) -> tuple[UNet3D, Config, int]:
@@ -146,7 +148,9 @@ def _truth_arrays(maps, n: int, phantom: dict) -> dict:
 
 def _dead_unit_rows(checkpoint: Checkpoint) -> list[dict]:
     labels = {k: v for k, v in checkpoint.labels().items() if k != "model"}
-    return [{**labels, "layer": layer, "dead_fraction": fraction} for layer, fraction in checkpoint.dead_per_layer.items()]
+    slope = checkpoint.zero_gradient_per_layer
+    return [{**labels, "layer": layer, "dead_fraction": fraction, "zero_gradient_fraction": slope.get(layer, float("nan"))}
+            for layer, fraction in checkpoint.dead_per_layer.items()]
 
 
 def evaluate_runs(checkpoints: dict[str, str | Path], out: str | Path, config: Config, device: str = "auto",
@@ -188,7 +192,7 @@ def evaluate_runs(checkpoints: dict[str, str | Path], out: str | Path, config: C
     files.write_text(out / "metrics_per_map.csv", per_map.to_csv(index=False))
     files.write_text(out / "metrics_summary.csv", summary.to_csv(index=False))
     files.write_text(out / "metrics_phantom.csv", pd.DataFrame(phantom_rows).to_csv(index=False))
-    dead_columns = ["arm", "activation", "channels", "seed", "epoch", "layer", "dead_fraction"]
+    dead_columns = ["arm", "activation", "channels", "seed", "epoch", "layer", "dead_fraction", "zero_gradient_fraction"]
     files.write_text(out / "dead_units.csv", pd.DataFrame(dead_rows, columns=dead_columns).to_csv(index=False))
     files.save_npz(out / "arrays.npz", **arrays)
     return per_map

@@ -40,8 +40,10 @@ from qsmrep.run.gitinfo import code_commit
 
 HISTORY_COLUMNS = [
     "epoch", "iterations", "train_loss", "train_chi", "train_field", "val_loss", "val_nrmse", "dead_fraction",
-    "skipped_steps", "seconds", "data_seconds", "val_seconds", "peak_mem_mb",
+    "skipped_steps", "seconds", "data_seconds", "val_seconds", "peak_mem_mb", "zero_gradient_fraction",
 ]
+#: ``dead_fraction``: channels never positive on validation map 0 (qsmrep.run.units); ``zero_gradient_fraction``
+#: (added 2026-12-03, empty in older runs): channels dead by the slope criterion of their activation
 #: machine-dependent history columns (timing, memory)
 TIMING_COLUMNS = ("seconds", "data_seconds", "val_seconds", "peak_mem_mb")
 FINISHED, DIVERGED = "finished", "diverged"

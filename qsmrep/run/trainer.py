@@ -198,12 +198,13 @@ class Trainer:
         val = validate(self.model, self.data.validation, self.loss_fn, self.device, config.precision, config.memory_format)
         started = row.pop("started")
         row.update(val_loss=val["val_loss"], val_nrmse=val["val_nrmse"], dead_fraction=val["dead_fraction"],
+                   zero_gradient_fraction=val["zero_gradient_fraction"],
                    seconds=time.perf_counter() - started, val_seconds=time.perf_counter() - val_started,
                    peak_mem_mb=runtime.peak_memory_mb(self.device))
         self.rows.append({key: row[key] for key in HISTORY_COLUMNS})
         self.bar.set_postfix(epoch=epoch, val_nrmse=f"{val['val_nrmse']:.1f}%", refresh=True)
         state = {"model": self.model.state_dict(), "epoch": epoch, "config": config.to_dict(), "history": self.rows,
-                 "dead_per_layer": val["dead_per_layer"]}
+                 "dead_per_layer": val["dead_per_layer"], "zero_gradient_per_layer": val["zero_gradient_per_layer"]}
         self.run.save_epoch(state, self.step.optimizer.state_dict(), self.rows,
                             keep_checkpoint=epoch in (config.early, config.epochs))
         self.context.barrier()
