@@ -10,6 +10,7 @@ from pathlib import Path
 
 from qsmrep import __version__, registry
 from qsmrep.run.config import PROFILES, Config, parse_assignments, read_mapping
+from qsmrep.run.noise import TEST_SNR
 
 
 class _Parser(argparse.ArgumentParser):
@@ -103,6 +104,8 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--n-test", type=int, help="number of test maps (default: the checkpoint's n_test)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--no-baselines", action="store_true", help="skip TKD and Tikhonov")
+    p.add_argument("--snr", type=float, default=TEST_SNR,
+                   help=f"field SNR of the noisy test set written beside the noise-free one (default {TEST_SNR:g}; 0: none)")
 
     p = sub.add_parser("predict", help="invert your own field map (NIfTI) with a trained checkpoint")
     p.add_argument("--checkpoint", required=True, help="checkpoint file (epoch_EEE.pt or last.pt)")
@@ -213,7 +216,8 @@ def _evaluate(args) -> int:
         checkpoints[checkpoint_label(cfg.arm, Path(path).resolve().parent.name, epoch)] = path
     if args.n_test is not None:
         config = config.replace(n_test=args.n_test)
-    table = evaluate_runs(checkpoints, args.out, config, args.device, baselines=not args.no_baselines)
+    table = evaluate_runs(checkpoints, args.out, config, args.device, baselines=not args.no_baselines,
+                          snr=args.snr or None)
     print(table.groupby("label")[["nrmse", "ssim"]].mean().round(3).to_string())
     return 0
 

@@ -20,17 +20,14 @@ from qsmrep.core.metrics import METRICS, compute_metrics, nrmse, summarize
 from qsmrep.core.phantom import head_phantom
 from qsmrep.core.physics import DipolePhysics
 from qsmrep.core.unet import UNet3D
+from qsmrep.run import baselines as classical
 from qsmrep.run import files
 from qsmrep.run.config import Config
 from qsmrep.run.data import SyntheticMaps
+from qsmrep.run.noise import NOISE_SEED, TEST_SNR, NoisyMaps
 from qsmrep.run.runfolder import load_checkpoint, load_model_state
 from qsmrep.run.runtime import autocast, native_bf16, resolve_device, to_memory_format
 
-#: classical inversions beside the networks, each with the config's geometry
-BASELINES = {
-    "TKD": lambda field, physics: physics.tkd(field, threshold=0.19),
-    "Tikhonov": lambda field, physics: physics.tikhonov(field, alpha=0.05),
-}
 Invert = Callable[[torch.Tensor], np.ndarray]  # field (X, Y, Z) → χ̂ (X, Y, Z), float32 numpy
 
 
@@ -59,8 +56,8 @@ def _baseline_labels(name: str) -> dict:
     return {"model": name, "arm": "", "activation": "", "channels": 0, "seed": 0, "epoch": 0}
 
 
-def _baseline_inverter(name: str, physics: DipolePhysics) -> Invert:
-    return lambda field: BASELINES[name](field, physics).float().numpy()
+def _baseline_inverter(name: str, physics: DipolePhysics, parameter: float) -> Invert:
+    return lambda field: classical.invert(name, field, physics, parameter).float().numpy()
 
 
 def load(path: str | Path, device: torch.device | str = "cpu", expect: Config | None = None) -> Checkpoint:
@@ -153,47 +150,84 @@ def _dead_unit_rows(checkpoint: Checkpoint) -> list[dict]:
             for layer, fraction in checkpoint.dead_per_layer.items()]
 
 
+def _tuned(config: Config, physics: DipolePhysics, snr: float | None) -> tuple[dict, pd.DataFrame]:
+    """Baseline parameters chosen on ``config``'s validation maps (with field noise of ``snr``, if given)."""
+    val = SyntheticMaps.from_config(config, "val", device="cpu", cache=True, n=min(config.n_val, classical.TUNE_MAPS))
+    params, table = classical.tune(NoisyMaps(val, snr, NOISE_SEED + 1) if snr else val, physics)
+    return params, table.assign(test_set=f"SNR {snr:g}" if snr else "noise-free")
+
+
+class _Tables:
+    """The rows of one evaluation, gathered model by model."""
+
+    def __init__(self):
+        self.clean, self.noisy, self.phantom, self.dead = [], [], [], []
+
+
 def evaluate_runs(checkpoints: dict[str, str | Path], out: str | Path, config: Config, device: str = "auto",
-                  keep_arrays: int = 1, baselines: bool = True) -> pd.DataFrame:
-    """Evaluate several checkpoints (label → path) plus baselines; write the tables and arrays to ``out``.
+                  keep_arrays: int = 1, baselines: bool = True, snr: float | None = TEST_SNR) -> pd.DataFrame:
+    """Evaluate several checkpoints (label → path) plus tuned baselines; write the tables and arrays to ``out``.
 
     Every checkpoint must have been trained on the same data as ``config`` (:meth:`Config.data_identity`:
     map size, generator, geometry, seeds), since all are scored against ``config``'s test maps;
     ValueError otherwise, before any file is written. Files: ``metrics_per_map.csv`` (one row per model,
-    epoch and map), ``metrics_summary.csv`` (mean and sd over test maps and seeds, per arm, model and epoch),
-    ``metrics_phantom.csv`` (every model and baseline on the head phantom), ``dead_units.csv`` (per
-    checkpoint and activation layer, the fraction of channels never positive on validation map 0, as
-    recorded in training) and ``arrays.npz`` (ground truth and predictions of the first ``keep_arrays``
-    test maps, keys ``<label>/pred_<map>``, and the phantom, keys ``phantom/…``).
+    epoch and map of the paper's noise-free test set), ``metrics_noisy.csv`` (the same on the test set with
+    field noise of ``snr``, :mod:`qsmrep.run.noise`; not written when ``snr`` is None), ``metrics_summary.csv``
+    (mean and sd over test maps and seeds, per arm, model and epoch, noise-free), ``baselines.csv`` (each
+    baseline's parameter search on the validation maps, :mod:`qsmrep.run.baselines`; with ``baselines=False``
+    the baselines are scored on the phantom only), ``metrics_phantom.csv``
+    (every model and baseline on the head phantom), ``dead_units.csv`` (per checkpoint and activation layer, the
+    dead-unit fractions recorded in training, :mod:`qsmrep.run.units`) and ``arrays.npz`` (ground truth and
+    predictions of the first ``keep_arrays`` noise-free test maps, keys ``<label>/pred_<map>``, and the
+    phantom, keys ``phantom/…``).
     """
     out, dev = files.check_writable_dir(out), resolve_device(device)
     maps, physics = load_test_maps(config), DipolePhysics.from_config(config)
+    noisy = NoisyMaps(maps, snr) if snr else None
     phantom = head_phantom(config.map_size, physics)
-    truth = (phantom["chi"].numpy(), phantom["mask"].numpy())
-    tables, phantom_rows, dead_rows, arrays = [], [], [], _truth_arrays(maps, keep_arrays, phantom)
-    models = [(label, path) for label, path in checkpoints.items()] + [(name, None) for name in BASELINES]
-    for label, path in models:
-        if path is None:
-            labels, invert = _baseline_labels(label), _baseline_inverter(label, physics)
-        else:
-            checkpoint = load(path, dev)
-            check_same_data(label, path, checkpoint.config, config)
-            labels, invert = checkpoint.labels(), checkpoint.inverter(dev)
-            dead_rows += _dead_unit_rows(checkpoint)
-        phantom_pred = invert(phantom["field"])
-        phantom_rows.append({"label": label, **labels, **compute_metrics(phantom_pred, *truth)})
-        arrays[f"phantom/{label}"] = phantom_pred
-        if path is not None or baselines:
-            rows, preds = score_maps(labels, invert, maps, keep_arrays)
-            tables.append(pd.DataFrame(rows).assign(label=label))
-            arrays.update({f"{label}/{key}": value for key, value in preds.items()})
-    per_map = pd.concat(tables, ignore_index=True)
+    clean_params, search = _tuned(config, physics, None)
+    noisy_params, noisy_search = _tuned(config, physics, snr) if snr else ({}, None)
+    tables, arrays = _Tables(), _truth_arrays(maps, keep_arrays, phantom)
+    for label, path in checkpoints.items():
+        checkpoint = load(path, dev)
+        check_same_data(label, path, checkpoint.config, config)
+        tables.dead += _dead_unit_rows(checkpoint)
+        invert = checkpoint.inverter(dev)
+        _score(tables, arrays, label, checkpoint.labels(), invert, invert, maps, noisy, phantom, keep_arrays)
+    for name, parameter in clean_params.items():
+        clean = _baseline_inverter(name, physics, parameter)
+        with_noise = _baseline_inverter(name, physics, noisy_params[name]) if snr else None
+        _score(tables, arrays, name, _baseline_labels(name), clean, with_noise, maps if baselines else None,
+               noisy if baselines else None, phantom, keep_arrays)
+    return _write(out, tables, arrays, pd.concat([search, noisy_search], ignore_index=True))
+
+
+def _score(tables: _Tables, arrays: dict, label: str, labels: dict, invert: Invert, invert_noisy: Invert | None,
+           maps, noisy, phantom: dict, keep_arrays: int) -> None:
+    """One model on the phantom, the noise-free test maps (when given) and the noisy ones (when given)."""
+    pred = invert(phantom["field"])
+    tables.phantom.append({"label": label, **labels, **compute_metrics(pred, phantom["chi"], phantom["mask"])})
+    arrays[f"phantom/{label}"] = pred
+    if maps is not None:
+        rows, preds = score_maps(labels, invert, maps, keep_arrays)
+        tables.clean.append(pd.DataFrame(rows).assign(label=label))
+        arrays.update({f"{label}/{key}": value for key, value in preds.items()})
+    if noisy is not None and invert_noisy is not None:
+        rows, _ = score_maps(labels, invert_noisy, noisy)
+        tables.noisy.append(pd.DataFrame(rows).assign(label=label, test_set=noisy.label))
+
+
+def _write(out: Path, tables: _Tables, arrays: dict, search: pd.DataFrame) -> pd.DataFrame:
+    per_map = pd.concat(tables.clean, ignore_index=True)
     summary = summarize(per_map, by=["arm", "model", "activation", "channels", "epoch"], metrics=list(METRICS))
     files.write_text(out / "metrics_per_map.csv", per_map.to_csv(index=False))
     files.write_text(out / "metrics_summary.csv", summary.to_csv(index=False))
-    files.write_text(out / "metrics_phantom.csv", pd.DataFrame(phantom_rows).to_csv(index=False))
+    if tables.noisy:
+        files.write_text(out / "metrics_noisy.csv", pd.concat(tables.noisy, ignore_index=True).to_csv(index=False))
+    files.write_text(out / "baselines.csv", search.to_csv(index=False))
+    files.write_text(out / "metrics_phantom.csv", pd.DataFrame(tables.phantom).to_csv(index=False))
     dead_columns = ["arm", "activation", "channels", "seed", "epoch", "layer", "dead_fraction", "zero_gradient_fraction"]
-    files.write_text(out / "dead_units.csv", pd.DataFrame(dead_rows, columns=dead_columns).to_csv(index=False))
+    files.write_text(out / "dead_units.csv", pd.DataFrame(tables.dead, columns=dead_columns).to_csv(index=False))
     files.save_npz(out / "arrays.npz", **arrays)
     return per_map
 
