@@ -425,3 +425,30 @@ def test_c8_is_not_testable_on_runs_that_recorded_only_never_positive_channels()
     histories, metrics, costs = _paper_like()
     claims = evaluate_claims(histories.drop(columns="zero_gradient_fraction"), metrics, 4, 20, costs).set_index("id")
     assert claims.loc["C8", "verdict"] == NOT_RECORDED
+
+
+def test_the_summary_states_networks_against_baselines_and_the_claims():
+    from qsmrep.study.summary import summary_markdown
+
+    histories, metrics, costs = _paper_like()
+    per_map = pd.concat([metrics.assign(arm="batch", model=metrics.activation + metrics.channels.astype(str), seed=0),
+                         pd.DataFrame([{"arm": "", "model": "TKD", "activation": "", "channels": 0, "epoch": 0, "map": m,
+                                        "nrmse": 10.0, "ssim": 0.9, "seed": 0} for m in range(3)])], ignore_index=True)
+    claims = {"batch": evaluate_claims(histories, metrics, 4, 20, costs)}
+    text = summary_markdown(per_map, claims, 20)
+    assert "the best network, elu32 (batch), reaches 19.5 %" in text and "TKD 10.0 %" in text
+    assert "1.9× the best baseline's" in text and "reproduced: C1, C2, C3, C4, C5, C6, C7, C8" in text
+
+
+def test_the_phantom_summary_says_plainly_how_the_networks_fare_and_why():
+    from qsmrep.run.config import Config
+    from qsmrep.study.phantom_check import phantom_summary
+
+    rows = [{"label": f"batch/elu16_s{s}@10", "model": "elu16", "arm": "batch", "epoch": 10, "nrmse": v, "ssim": 0.2}
+            for s, v in enumerate((70.0, 80.0))]
+    rows += [{"label": "none/relu16_s0@10", "model": "relu16", "arm": "none", "epoch": 10, "nrmse": 5e4, "ssim": 0.0},
+             {"label": "TKD", "model": "TKD", "arm": None, "epoch": 0, "nrmse": 20.0, "ssim": 0.8}]
+    text, table = phantom_summary(pd.DataFrame(rows), Config.from_profile("smoke", epochs=10, early_epoch=2))
+    assert "score 75.0–75.0 % NRMSE" in text and "1 blown-up variant(s)" in text and "TKD's 20.0 %" in text
+    assert "do not generalise" in text and "standard deviation of" in text
+    assert list(table.model) == ["TKD", "elu16", "relu16"] and table.loc[1, "seeds"] == 2

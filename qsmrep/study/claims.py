@@ -257,10 +257,14 @@ def _judge(claim: Claim, evidence: Evidence, by_interval: dict, early_epoch: int
 def compare_arms(claims: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, str]:
     """Verdicts of each claim side by side per arm, and one paragraph saying what the arm changes.
 
-    ``claims``: arm → :func:`evaluate_claims` table. The paragraph lists the claims whose verdict
-    differs between the arms (with both verdicts) and those that agree."""
+    ``claims``: arm → :func:`evaluate_claims` table; the table has the id, the claim's text and a verdict column
+    per arm. The paragraph lists the claims whose verdict differs between the arms (with both verdicts) and those
+    that agree."""
     arms = list(claims)
     table = pd.concat([c.set_index("id")["verdict"].rename(arm) for arm, c in claims.items()], axis=1).reset_index()
+    first = next(iter(claims.values()))
+    if "claim" in first:  # the claim's text beside its id
+        table.insert(1, "claim", table["id"].map(first.set_index("id")["claim"]))
     if len(arms) < 2:
         return table, "Only one arm was run; no comparison."
     changed = table[table[arms].nunique(axis=1) > 1]

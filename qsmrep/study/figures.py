@@ -47,12 +47,27 @@ def plot_activations(leaky_slope: float = 0.2, elu_alpha: float = 1.0) -> Figure
 
 
 def _band(ax, frame: pd.DataFrame, column: str, color: str, ls: str, label: str) -> None:
-    """Mean over seeds as a line, ± sd as a band when there is more than one seed."""
+    """Mean over seeds as a line, the range over seeds (min to max) as a band when there is more than one seed.
+
+    The range, not mean ± sd: every quantity drawn is non-negative, and a band that reaches below zero would
+    show values no seed had."""
     grouped = frame.groupby("epoch")[column]
-    mean, sd, n = grouped.mean(), grouped.std(ddof=1), grouped.count()
+    mean, low, high, n = grouped.mean(), grouped.min(), grouped.max(), grouped.count()
     ax.plot(mean.index, mean.values, color=color, ls=ls, lw=1.6, label=label)
     if (n > 1).any():
-        ax.fill_between(mean.index, (mean - sd).values, (mean + sd).values, color=color, alpha=0.18, lw=0)
+        ax.fill_between(mean.index, low.values, high.values, color=color, alpha=0.18, lw=0)
+
+
+#: a panel spanning more than this ratio between its largest and smallest positive value is drawn on a log axis
+LOG_AXIS_RATIO = 30.0
+
+
+def _log_if_wide(ax, values: pd.Series) -> bool:
+    positive = values[values > 0]
+    wide = len(positive) > 0 and positive.max() / positive.min() > LOG_AXIS_RATIO
+    if wide:
+        ax.set_yscale("log")
+    return wide
 
 
 def loss_text(lam: float = 1.0, chi_norm: str = "l1", field_norm: str = "l1", b0_axis: str = "k_z",
@@ -76,7 +91,8 @@ def plot_convergence(histories: pd.DataFrame, early_epoch: int | None = None, la
     """Figure 2: (A) training loss, (B) validation loss, (C) validation mean NRMSE against epoch, (D) the loss.
 
     ``histories``: history.csv rows plus ``activation``, ``channels`` and ``seed``;
-    several seeds of a variant are drawn as mean ± sd bands. Panel D writes the loss with the run's
+    several seeds of a variant are drawn as the mean with the range over seeds. The losses are drawn on log
+    axes, the validation NRMSE on a log axis only when it spans more than :data:`LOG_AXIS_RATIO` (blown-up runs). Panel D writes the loss with the run's
     norms, λ, field target and B0 axis (``b0_axis`` from :attr:`qsmrep.core.physics.DipolePhysics.b0_axis_name`).
     """
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
@@ -88,9 +104,12 @@ def plot_convergence(histories: pd.DataFrame, early_epoch: int | None = None, la
                   variant_label(activation, channels))
         if early_epoch:
             ax.axvline(early_epoch, color="0.5", lw=0.8, ls=":")
-        ax.set(title=title_, xlabel="epoch", ylabel=ylabel)
-        if column != "val_nrmse":
+        if column == "val_nrmse":
+            log = _log_if_wide(ax, histories[column])
+        else:
             ax.set_yscale("log")
+            log = True
+        ax.set(title=title_ + (" (log scale)" if log else ""), xlabel="epoch", ylabel=ylabel)
         ax.grid(alpha=0.25)
     axes[0, 0].legend(fontsize=8, frameon=False, ncol=2)
     ax = axes[1, 1]
@@ -109,55 +128,116 @@ def _slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
     return np.rot90(np.take(volume, index, axis=axis))
 
 
+def display_label(per_map: pd.DataFrame, arm: str, activation: str, channels: int, epoch: int) -> str | None:
+    """The checkpoint a reconstruction figure shows for a variant: of its seeds, the one whose mean test NRMSE is
+    the median (the lower of the two middle ones for an even count), so the picture is a typical run, not seed 0.
+    None when the variant has no rows at ``epoch``."""
+    rows = per_map[(per_map.arm == arm) & (per_map.activation == activation) & (per_map.channels == channels)
+                   & (per_map.epoch == epoch)]
+    if not len(rows):
+        return None
+    by_seed = rows.groupby("label").nrmse.mean().sort_values(kind="stable")
+    return str(by_seed.index[(len(by_seed) - 1) // 2])
+
+
+def map_metrics(per_map: pd.DataFrame, label: str, test_map: int) -> dict:
+    """NRMSE and SSIM (and the seed) of checkpoint ``label`` on test map ``test_map``: the numbers of that map."""
+    row = per_map[(per_map["label"] == label) & (per_map["map"] == test_map)].iloc[0]
+    return {"nrmse": float(row.nrmse), "ssim": float(row.ssim), "seed": int(row.seed)}
+
+
+def reconstruction_panels(per_map: pd.DataFrame, arrays, arm: str, variants, epoch: int, test_map: int = 0,
+                          baselines=()) -> tuple[dict, dict]:
+    """(title → prediction, title → metrics of that map) for :func:`plot_reconstructions`: each variant's
+    :func:`display_label` checkpoint and each baseline, on test map ``test_map`` (``arrays``: the evaluation's
+    ``arrays.npz``, keys ``<label>/pred_<map>``). Variants without a checkpoint at ``epoch`` are left out."""
+    preds, metrics = {}, {}
+    for activation, channels in variants:
+        label = display_label(per_map, arm, activation, channels, epoch)
+        if label is not None:
+            name = variant_label(activation, channels)
+            preds[name], metrics[name] = arrays[f"{label}/pred_{test_map}"], map_metrics(per_map, label, test_map)
+    for name in baselines:
+        preds[name] = arrays[f"{name}/pred_{test_map}"]
+        metrics[name] = {k: v for k, v in map_metrics(per_map, name, test_map).items() if k != "seed"}
+    return preds, metrics
+
+
+def _b0_arrow(ax, axis: int, b0_dir=(0.0, 0.0, 1.0)) -> None:
+    """Mark B0 on a slice drawn by :func:`_slice`: the first remaining axis runs right, the second up."""
+    right, up = (float(b0_dir[k]) for k in range(3) if k != axis)
+    if np.hypot(right, up) < 0.2 * np.linalg.norm(b0_dir):
+        ax.text(0.06, 0.9, "B0 ⊙ (through the slice)", color="yellow", fontsize=7, transform=ax.transAxes)
+        return
+    ax.annotate("", xy=(0.12 + 0.1 * right, 0.78 + 0.1 * up), xytext=(0.12, 0.78), xycoords="axes fraction",
+                arrowprops=dict(arrowstyle="->", color="yellow", lw=1.5))
+    ax.text(0.2, 0.8, "B0", color="yellow", fontsize=8, transform=ax.transAxes)
+
+
 def plot_reconstructions(truth: np.ndarray, preds: dict[str, np.ndarray], metrics: dict[str, dict], mask: np.ndarray,
                          field: np.ndarray | None = None, axis: int = 0, index: int | None = None,
-                         title: str = "", chi_range: float = 0.6, diff_range: float = 0.3) -> Figure:
+                         title: str = "", chi_range: float = 0.6, diff_range: float = 0.3,
+                         b0_dir=(0.0, 0.0, 1.0)) -> Figure:
     """Reconstructions (top) and differences to the ground truth (bottom) on one slice of one test map.
 
     Used for Figure 3 (32-channel models, final) and Figure 4 (16-channel ELU vs ReLU, early; with
-    ``field`` the input field is drawn under the ground truth). ``metrics[label]`` holds ``nrmse``
-    and ``ssim`` of the whole test set (mean) printed under each panel. χ in ppm.
+    ``field`` the input field is drawn under the ground truth). ``metrics[label]`` holds ``nrmse`` and ``ssim``
+    of the map shown (:func:`map_metrics`), printed above each panel, and optionally its ``seed``. χ in ppm;
+    the ground-truth panel marks the B0 direction.
     """
     index = truth.shape[axis] // 2 if index is None else index
     labels = list(preds)
-    fig, axes = plt.subplots(2, len(labels) + 1, figsize=(3.0 * (len(labels) + 1), 6.3), squeeze=False)
+    fig, axes = plt.subplots(2, len(labels) + 1, figsize=(3.0 * (len(labels) + 1), 6.6), squeeze=False,
+                             layout="constrained")
     chi_kw = dict(cmap="gray", vmin=-chi_range, vmax=chi_range)
     diff_kw = dict(cmap="RdBu_r", vmin=-diff_range, vmax=diff_range)
     image = axes[0, 0].imshow(_slice(truth * mask, axis, index), **chi_kw)
-    axes[0, 0].set_title("ground truth χ")
+    axes[0, 0].set_title("ground truth χ", fontsize=9)
+    _b0_arrow(axes[0, 0], axis, b0_dir)
+    diff = None
     if field is not None:
         fimage = axes[1, 0].imshow(_slice(field, axis, index), cmap="RdBu_r", vmin=-0.3, vmax=0.3)
-        axes[1, 0].set_title("input field B")
-        fig.colorbar(fimage, ax=axes[1, 0], fraction=0.046, label="ppm")
+        axes[1, 0].set_title("input field B", fontsize=9)
+        fig.colorbar(fimage, ax=axes[1, 0], shrink=0.8, label="ppm")
     else:
         axes[1, 0].axis("off")
     for column, label in enumerate(labels, start=1):
         pred = preds[label] * mask
         axes[0, column].imshow(_slice(pred, axis, index), **chi_kw)
         m = metrics.get(label, {})
-        axes[0, column].set_title(f"{label}\nNRMSE {m.get('nrmse', float('nan')):.1f} %  SSIM {m.get('ssim', float('nan')):.3f}",
-                                  fontsize=9)
+        seed = f", seed {m['seed']}" if "seed" in m else ""
+        axes[0, column].set_title(f"{label}{seed}\nNRMSE {m.get('nrmse', float('nan')):.1f} %  "
+                                  f"SSIM {m.get('ssim', float('nan')):.3f}", fontsize=9)
         diff = axes[1, column].imshow(_slice(pred - truth * mask, axis, index), **diff_kw)
         axes[1, column].set_title(f"difference {label}", fontsize=9)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(image, ax=axes[0, -1], fraction=0.046, label="χ (ppm)")
-    fig.colorbar(diff, ax=axes[1, -1], fraction=0.046, label="χ̂ − χ (ppm)")
+    fig.colorbar(image, ax=list(axes[0, :]), shrink=0.8, label="χ (ppm)")
+    if diff is not None:
+        fig.colorbar(diff, ax=list(axes[1, 1:]), shrink=0.8, label="χ̂ − χ (ppm)")
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
 def plot_dead_units(histories: pd.DataFrame, title: str = "") -> Figure:
-    """Fraction of dead channels (never positive on a fixed validation map) against epoch, per variant."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for (activation, channels), frame in histories.groupby(["activation", "channels"], sort=False):
-        _band(ax, frame, "dead_fraction", ACTIVATION_STYLE.get(activation, "k"), WIDTH_STYLE.get(channels, ":"),
-              variant_label(activation, channels))
-    ax.set(xlabel="epoch", ylabel="dead channels (fraction)", title="Dead units: channels never positive on a validation map" + (f"\n{title}" if title else ""))
-    ax.grid(alpha=0.25)
-    ax.legend(fontsize=8, frameon=False, ncol=2)
+    """Dead units against epoch, per variant: (A) by the slope criterion of each activation
+    (:mod:`qsmrep.run.units`; runs trained before it have none), (B) channels never positive on validation map 0."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.0), sharey=True)
+    panels = [("zero_gradient_fraction", "A  dead: slope < 1 % of its largest on every voxel"),
+              ("dead_fraction", "B  never positive (dead only for ReLU)")]
+    for ax, (column, panel) in zip(axes, panels):
+        if column in histories and histories[column].notna().any():
+            for (activation, channels), frame in histories.groupby(["activation", "channels"], sort=False):
+                _band(ax, frame, column, ACTIVATION_STYLE.get(activation, "k"), WIDTH_STYLE.get(channels, ":"),
+                      variant_label(activation, channels))
+            ax.legend(fontsize=8, frameon=False, ncol=2)
+        else:
+            ax.text(0.5, 0.5, "not recorded by these runs", ha="center", transform=ax.transAxes, color="0.4")
+        ax.set(xlabel="epoch", title=panel)
+        ax.grid(alpha=0.25)
+    axes[0].set_ylabel("fraction of channels (validation map 0)")
+    fig.suptitle("Dead units" + (f": {title}" if title else ""))
     fig.tight_layout()
     return fig
 
