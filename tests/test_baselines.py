@@ -81,3 +81,31 @@ def test_the_noisy_test_set_is_written_beside_the_noise_free_one(tmp_path):
     assert (noisy.set_index(["model", "map"]).nrmse > clean.set_index(["model", "map"]).nrmse).all()
     search_table = pd.read_csv(tmp_path / "baselines.csv")
     assert set(search_table.test_set) == {"noise-free", "SNR 10"} and search_table.chosen.sum() == 4
+
+
+def test_rescoring_replaces_only_the_baselines_rows(tmp_path):
+    """The committed reference has tables, not checkpoints: its baselines are redone from the generator alone."""
+    from qsmrep.study.rescore import rescore_baselines
+
+    evaluate_module.evaluate_runs({}, tmp_path / "fresh", CONFIG, device="cpu", snr=10.0)
+    old = tmp_path / "old"
+    old.mkdir()
+    network = {"model": "elu16", "arm": "batch", "activation": "elu", "channels": 16, "seed": 0, "epoch": 10, "map": 0,
+               "nrmse": 40.0, "label": "batch/elu16_s0@10"}
+    stale = {"model": "TKD", "arm": "", "activation": "", "channels": 0, "seed": 0, "epoch": 0, "map": 0, "nrmse": 99.0,
+             "label": "TKD"}
+    pd.DataFrame([network, stale]).to_csv(old / "metrics_per_map.csv", index=False)
+    pd.DataFrame([{**network, "label": "batch/elu16_s0@10"}, stale]).drop(columns="map").to_csv(
+        old / "metrics_phantom.csv", index=False)
+    chosen = rescore_baselines(old, CONFIG, snr=10.0)
+    per_map = pd.read_csv(old / "metrics_per_map.csv")
+    assert per_map[per_map.model == "elu16"].nrmse.tolist() == [40.0]
+    fresh = pd.read_csv(tmp_path / "fresh" / "metrics_per_map.csv").set_index(["model", "map"]).nrmse
+    again = per_map[per_map.model.isin(["TKD", "Tikhonov"])].set_index(["model", "map"]).nrmse
+    pd.testing.assert_series_equal(again.sort_index(), fresh.sort_index())  # as a full evaluation scores them
+    search = pd.read_csv(tmp_path / "fresh" / "baselines.csv").query("chosen")
+    assert chosen["noise-free"] == dict(zip(search[search.test_set == "noise-free"].method,
+                                           search[search.test_set == "noise-free"].parameter))
+    assert set(pd.read_csv(old / "metrics_noisy.csv").model) == {"TKD", "Tikhonov"}
+    phantom = pd.read_csv(old / "metrics_phantom.csv")
+    assert 99.0 not in phantom.nrmse.tolist() and set(phantom.model) == {"elu16", "TKD", "Tikhonov"}

@@ -21,6 +21,8 @@ import torch
 
 from qsmrep.core.metrics import nrmse
 from qsmrep.core.physics import DipolePhysics
+from qsmrep.run.data import SyntheticMaps
+from qsmrep.run.noise import NOISE_SEED, NoisyMaps
 
 #: candidate parameters of each baseline, searched in full (values spaced about ×1.5–2)
 GRIDS: dict[str, tuple[float, ...]] = {
@@ -62,3 +64,21 @@ def tune(maps: Sequence[dict], physics: DipolePhysics, n_maps: int = TUNE_MAPS) 
     table = pd.concat([search(name, maps, physics, n_maps=n_maps) for name in GRIDS], ignore_index=True)
     chosen = table[table.chosen]
     return dict(zip(chosen.method, chosen.parameter)), table
+
+
+def tune_for(config, physics: DipolePhysics, snr: float | None = None) -> tuple[dict[str, float], pd.DataFrame]:
+    """:func:`tune` on the first :data:`TUNE_MAPS` validation maps of ``config`` (with field noise of ``snr``, seeded
+    apart from the noisy test set's, when given); the table gains a ``test_set`` column."""
+    val = SyntheticMaps.from_config(config, "val", device="cpu", cache=True, n=min(config.n_val, TUNE_MAPS))
+    params, table = tune(NoisyMaps(val, snr, NOISE_SEED + 1) if snr else val, physics)
+    return params, table.assign(test_set=f"SNR {snr:g}" if snr else "noise-free")
+
+
+def labels(name: str) -> dict:
+    """The columns naming baseline ``name`` in the metric tables (no arm, variant, seed or epoch)."""
+    return {"model": name, "arm": "", "activation": "", "channels": 0, "seed": 0, "epoch": 0}
+
+
+def inverter(name: str, physics: DipolePhysics, parameter: float):
+    """field (X, Y, Z) tensor → χ̂ (X, Y, Z) float32 numpy, by baseline ``name`` with ``parameter``."""
+    return lambda field: invert(name, field, physics, parameter).float().numpy()

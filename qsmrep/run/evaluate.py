@@ -24,7 +24,7 @@ from qsmrep.run import baselines as classical
 from qsmrep.run import files
 from qsmrep.run.config import Config
 from qsmrep.run.data import SyntheticMaps
-from qsmrep.run.noise import NOISE_SEED, TEST_SNR, NoisyMaps
+from qsmrep.run.noise import TEST_SNR, NoisyMaps
 from qsmrep.run.runfolder import load_checkpoint, load_model_state
 from qsmrep.run.runtime import autocast, native_bf16, resolve_device, to_memory_format
 
@@ -50,14 +50,6 @@ class Checkpoint:
     def inverter(self, device: torch.device) -> Invert:
         precision = inference_precision(self.config, device)
         return lambda field: predict(self.model, field, device, precision, self.config.memory_format).numpy()
-
-
-def _baseline_labels(name: str) -> dict:
-    return {"model": name, "arm": "", "activation": "", "channels": 0, "seed": 0, "epoch": 0}
-
-
-def _baseline_inverter(name: str, physics: DipolePhysics, parameter: float) -> Invert:
-    return lambda field: classical.invert(name, field, physics, parameter).float().numpy()
 
 
 def load(path: str | Path, device: torch.device | str = "cpu", expect: Config | None = None) -> Checkpoint:
@@ -150,13 +142,6 @@ def _dead_unit_rows(checkpoint: Checkpoint) -> list[dict]:
             for layer, fraction in checkpoint.dead_per_layer.items()]
 
 
-def _tuned(config: Config, physics: DipolePhysics, snr: float | None) -> tuple[dict, pd.DataFrame]:
-    """Baseline parameters chosen on ``config``'s validation maps (with field noise of ``snr``, if given)."""
-    val = SyntheticMaps.from_config(config, "val", device="cpu", cache=True, n=min(config.n_val, classical.TUNE_MAPS))
-    params, table = classical.tune(NoisyMaps(val, snr, NOISE_SEED + 1) if snr else val, physics)
-    return params, table.assign(test_set=f"SNR {snr:g}" if snr else "noise-free")
-
-
 class _Tables:
     """The rows of one evaluation, gathered model by model."""
 
@@ -185,8 +170,8 @@ def evaluate_runs(checkpoints: dict[str, str | Path], out: str | Path, config: C
     maps, physics = load_test_maps(config), DipolePhysics.from_config(config)
     noisy = NoisyMaps(maps, snr) if snr else None
     phantom = head_phantom(config.map_size, physics)
-    clean_params, search = _tuned(config, physics, None)
-    noisy_params, noisy_search = _tuned(config, physics, snr) if snr else ({}, None)
+    clean_params, search = classical.tune_for(config, physics)
+    noisy_params, noisy_search = classical.tune_for(config, physics, snr) if snr else ({}, None)
     tables, arrays = _Tables(), _truth_arrays(maps, keep_arrays, phantom)
     for label, path in checkpoints.items():
         checkpoint = load(path, dev)
@@ -195,9 +180,9 @@ def evaluate_runs(checkpoints: dict[str, str | Path], out: str | Path, config: C
         invert = checkpoint.inverter(dev)
         _score(tables, arrays, label, checkpoint.labels(), invert, invert, maps, noisy, phantom, keep_arrays)
     for name, parameter in clean_params.items():
-        clean = _baseline_inverter(name, physics, parameter)
-        with_noise = _baseline_inverter(name, physics, noisy_params[name]) if snr else None
-        _score(tables, arrays, name, _baseline_labels(name), clean, with_noise, maps if baselines else None,
+        clean = classical.inverter(name, physics, parameter)
+        with_noise = classical.inverter(name, physics, noisy_params[name]) if snr else None
+        _score(tables, arrays, name, classical.labels(name), clean, with_noise, maps if baselines else None,
                noisy if baselines else None, phantom, keep_arrays)
     return _write(out, tables, arrays, pd.concat([search, noisy_search], ignore_index=True))
 
