@@ -10,6 +10,7 @@ import pandas as pd
 
 from qsmrep import registry
 from qsmrep.study.claims import NOT_REPRODUCED, REPRODUCED, UNDECIDED
+from qsmrep.study.curves import BLOWUP_NRMSE
 
 BASELINE_MODELS = ("TKD", "Tikhonov")
 
@@ -30,15 +31,19 @@ def baseline_nrmse(per_map: pd.DataFrame) -> dict[str, float]:
 
 def _comparison(per_map: pd.DataFrame, final_epoch: int, where: str) -> str:
     networks, base = network_table(per_map, final_epoch), baseline_nrmse(per_map)
+    closed = ", ".join(f"{m} {v:.1f} %" for m, v in sorted(base.items()))
     if not len(networks):
-        return ""
+        return (f"On the {where} test maps the classical inversions reach {closed}; no network was evaluated on them "
+                "here." if base else "")
+    sound = networks[networks["mean"] <= BLOWUP_NRMSE]
     best = networks.iloc[0]
     name = f"{registry.variant_name(best.activation, best.channels)} ({best.arm})"
     text = (f"On the {where} test maps the best network, {name}, reaches {best['mean']:.1f} % test NRMSE "
             f"(mean over maps and {int(best.seeds)} seed(s); its seeds {best['min']:.1f}–{best['max']:.1f} %); the "
-            f"networks range from {networks['mean'].min():.1f} to {networks['mean'].max():.1f} %")
+            f"networks range from {sound['mean'].min():.1f} to {sound['mean'].max():.1f} %"
+            + (f" ({len(networks) - len(sound)} variant(s) blown up above {BLOWUP_NRMSE:g} % aside)"
+               if len(sound) < len(networks) else ""))
     if base:
-        closed = ", ".join(f"{m} {v:.1f} %" for m, v in sorted(base.items()))
         ratio = best["mean"] / min(base.values())
         text += (f". The classical inversions, each with its parameter chosen on the validation maps, reach {closed}: "
                  f"the best network's error is {ratio:.1f}× the best baseline's")
