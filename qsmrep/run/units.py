@@ -28,7 +28,9 @@ from torch import nn
 DEAD_COLUMN = "zero_gradient_fraction"
 #: a unit is dead when its slope stays below this fraction of the activation's largest slope
 SLOPE_FRACTION = 0.01
-_GRID = torch.arange(-30000, 10001, dtype=torch.float64) / 1000  # −30 … 10, 0.001 apart, 0 exactly
+#: the inputs at which an activation's slope is probed: −30 … 10, 0.001 apart, 0 exactly (made on first use: a torch
+#: operation at import would start the OpenMP pool in the benchmark's forkserver, whose forked workers then hang)
+_GRID_STEPS = (-30000, 10001, 1000)
 
 
 def is_activation(module: nn.Module) -> bool:
@@ -45,13 +47,15 @@ def _threshold(key: tuple, module: nn.Module) -> float:
     probe = copy.deepcopy(module).to(device="cpu", dtype=torch.float64)
     probe._forward_hooks.clear(), probe._forward_pre_hooks.clear()  # a recorder's hooks are not the function
     with torch.inference_mode(False), torch.enable_grad():  # validation runs in inference mode
-        t = _GRID.clone().requires_grad_(True)
+        low, high, per_unit = _GRID_STEPS
+        grid = torch.arange(low, high, dtype=torch.float64) / per_unit
+        t = grid.clone().requires_grad_(True)
         slope, = torch.autograd.grad(probe(t).sum(), t)
     small = slope.abs() < SLOPE_FRACTION * slope.abs().max()
     if not bool(small[0]):
         return -math.inf  # the slope never becomes small: no input makes the unit dead
     first_large = int(torch.nonzero(~small)[0]) if bool((~small).any()) else len(t)
-    return float(_GRID[first_large - 1])
+    return float(grid[first_large - 1])
 
 
 def dead_threshold(module: nn.Module) -> float:
