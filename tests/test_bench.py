@@ -185,29 +185,98 @@ def test_quick_budget_skips_the_remaining_step_cases(monkeypatch, capsys):
 
 
 def test_paper_rows_run_at_smoke_scale_on_a_cpu(step_calls):
-    """The GPU benchmark's code path (steps, data path rendered per batch, validation, projection) without a GPU;
-    every step row and the data path (with data and bare) run the trainer's TrainingStep."""
+    """The GPU benchmark's code path (steps, data path rendered per batch, validation, memory, evaluation,
+    projection) without a GPU; every step row and the data path (with data and bare) run the trainer's TrainingStep."""
     from qsmrep.bench.paper import DATA_PATH_WARMUP, paper_rows
 
-    rows = paper_rows("smoke", "cpu", use_monai=False, iters=1, data_iterations=2, val_maps=1)
+    emitted = []
+    rows = paper_rows("smoke", "cpu", use_monai=False, iters=1, data_iterations=2, val_maps=1, eval_maps=1,
+                      emit=emitted.extend, extras=False)
+    assert emitted == rows  # each row handed out as it was measured
     step_cases = [r for r in rows if r["case"] == "train_step"]
     assert len(step_calls) == sum(r["warmup_used"] + r["iters"] for r in step_cases) + DATA_PATH_WARMUP + 2 * 2
     cases = [r["case"] for r in rows]
-    assert cases.count("train_step") >= 6 and {"data_path", "generator", "validation", "validation_fraction",
-                                                "projection"} <= set(cases)
+    assert cases[:6] == ["train_step"] * 6 and cases[6] == "data_path"  # the decisive rows first
+    assert cases.count("validation") == 6 and cases.count("evaluation") == 6
+    assert {"memory", "evaluation_shared", "validation_fraction", "projection"} <= set(cases)
     assert all(not r.get("error") for r in rows), [r.get("error") for r in rows]
     data = next(r for r in rows if r["case"] == "data_path")
     assert data["seconds_per_iter"] > 0 and data["ratio"] == pytest.approx(data["seconds_per_iter"] / data["bare_seconds_per_iter"])
+    validation = next(r for r in rows if r["case"] == "validation")
+    assert validation["maps_kept"] == "CPU memory" and validation["seconds_per_epoch"] == pytest.approx(
+        validation["seconds_per_map"] * Config.from_profile("smoke").n_val)
     projection = next(r for r in rows if r["case"] == "projection")
     assert projection["variants"] == 6 and projection["value"] > 0 and all(r["card"].startswith("cpu: ") for r in rows)
+    assert set(projection["per_variant"]) == {f"{a}{c}" for a, c in registry.PAPER_VARIANTS}
+
+
+def _measured(variants=("elu16", "elu32")) -> list[dict]:
+    """Hand-made rows of the kinds the projection reads."""
+    rows = [make_row(case="train_step", variant=v, seconds_per_iter=0.1 * (i + 1), default_setting=True)
+            for i, v in enumerate(variants)]
+    rows += [make_row(case="train_step", variant="elu16", seconds_per_iter=0.01, default_setting=True, cudnn_benchmark=True),
+             make_row(case="train_step", variant="elu16", seconds_per_iter=9.0, default_setting=False)]
+    rows.append(make_row(case="data_path", seconds_per_iter=0.105, bare_seconds_per_iter=0.1))
+    rows += [make_row(case="validation", variant=v, seconds_per_epoch=4.0 + i, render_seconds_per_map=0.05)
+             for i, v in enumerate(variants)]
+    rows += [make_row(case="evaluation", variant=v, seconds_per_map=0.2 + 0.1 * i) for i, v in enumerate(variants)]
+    rows.append(make_row(case="evaluation_shared", noise_seconds_per_map=0.01, baseline_seconds_per_map=0.02,
+                         baseline_search_seconds=600.0))
+    return rows
+
+
+def test_the_projection_adds_training_validation_evaluation_and_report_per_variant(tmp_path):
+    from qsmrep.bench.projection import CHECKPOINTS, REPORT_STEPS, projection_rows
+
+    for i, step in enumerate(REPORT_STEPS):
+        (tmp_path / f"{step}.tsv").write_text(f"s\th:m:s\n{99.0}\t0\n{float(i + 1)}\t0\n")  # the latest row counts
+    fraction, projection = projection_rows("paper", _measured(), tmp_path)
+    c = Config.from_profile("paper")
+    epoch16 = c.iterations * (0.1 + 0.005) + 4.0  # the cuDNN and fp32 rows are not the run's setting
+    hours16 = (c.epochs * epoch16 + c.n_val * 0.05 + CHECKPOINTS * ((2 * c.n_test + 1) * 0.2 + c.n_test * 0.01)) / 3600
+    assert projection["per_variant"]["elu16"]["hours"] == pytest.approx(hours16)
+    assert projection["per_variant"]["elu16"]["epoch_seconds"] == pytest.approx(epoch16)
+    shared = c.n_test * 0.05 + 2 * ((2 * c.n_test + 1) * 0.02 + c.n_test * 0.01) + 600.0 + sum(range(1, 7))
+    assert projection["shared_hours"] == pytest.approx(shared / 3600)
+    assert projection["value"] == pytest.approx(sum(v["hours"] for v in projection["per_variant"].values()) + shared / 3600)
+    assert projection["meets_target"] == (projection["value"] <= 6.0)
+    assert fraction["value"] == pytest.approx(max(4.0 / epoch16, 5.0 / projection["per_variant"]["elu32"]["epoch_seconds"]))
+    missing = projection_rows("paper", [r for r in _measured() if r["case"] != "data_path"], tmp_path)
+    assert missing[0]["error"] == "missing rows: data_path"
+
+
+def test_a_failing_part_keeps_the_rows_before_it_and_the_run_goes_on():
+    from qsmrep.bench.paper import _CardRows
+
+    def two_then_boom():
+        yield make_row(case="validation", variant="elu16")
+        raise RuntimeError("CUDA out of memory")
+
+    out = _CardRows("smoke", "cpu")
+    out.part("validation", two_then_boom)
+    out.part("memory", lambda: [make_row(case="memory")])
+    assert [r["case"] for r in out.rows] == ["validation", "validation", "memory"]
+    assert out.rows[1]["error"] == "RuntimeError: CUDA out of memory" and not out.rows[2].get("error")
+
+
+def test_saved_rows_are_written_as_each_is_measured(tmp_path):
+    path = tmp_path / "card-date.jsonl"
+    log = cli.RowLog(json_lines=False, save=str(path))
+    for k in range(3):
+        log([make_row(case="train_step", variant=f"v{k}")])
+        assert [json.loads(line)["variant"] for line in path.read_text().splitlines()] == [f"v{i}" for i in range(k + 1)]
+    assert cli.save_path(SimpleNamespace(save=str(tmp_path)), "NVIDIA H200").startswith(str(tmp_path / "NVIDIA-H200-"))
+    assert cli.save_path(SimpleNamespace(save=False), "NVIDIA H200") is None
 
 
 def test_bench_help():
     result = subprocess.run([sys.executable, "-m", "qsmrep", "bench", "--help"], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0
-    for option in ("--profile", "--quick", "--json", "--no-monai"):
+    for option in ("--profile", "--quick", "--json", "--no-monai", "--paper-rows", "--save"):
         assert option in result.stdout
+    for said in ("data path", "validation", "evaluation", "projected wall time"):  # what --profile paper measures
+        assert said in " ".join(result.stdout.split())
 
 
 def test_step_specs_cover_the_six_variants_and_four_settings():

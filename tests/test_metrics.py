@@ -380,3 +380,98 @@ def test_metrics_accept_half_precision_tensors(ref, mask):
         pred = torch.from_numpy(ref * 0.9).to(dtype)
         expected = M.nrmse(pred.float().numpy(), ref, mask)
         assert M.nrmse(pred, ref, mask) == pytest.approx(expected, rel=1e-12)
+
+
+# ------------------------------------------------------------------ the torch metrics of evaluation on the device
+def _generator_cases():
+    """Four generator maps (one cropped to an odd shape) with predictions of several kinds of error."""
+    import torch
+
+    from qsmrep.core.synth import render_maps
+
+    maps = render_maps(40, [11, 12, 13, 14])
+    cases = []
+    for i, kind in enumerate(("scaled+noise", "offset", "smooth", "odd-shape")):
+        chi, mask = maps["chi"][i], maps["mask"][i]
+        noise = torch.randn(chi.shape, generator=torch.Generator().manual_seed(i))
+        pred = {"scaled+noise": 0.7 * chi + 0.03 * noise, "offset": chi + 0.05,
+                "smooth": torch.from_numpy(ndimage.gaussian_filter(chi.numpy(), 1.2)).float(),
+                "odd-shape": 1.1 * chi - 0.02 * noise}[kind]
+        if kind == "odd-shape":
+            pred, chi, mask = pred[3:36, 1:37, :39], chi[3:36, 1:37, :39], mask[3:36, 1:37, :39]
+        cases.append((kind, pred, chi, mask))
+    return cases
+
+
+def test_device_metrics_equal_the_numpy_metrics_on_several_maps():
+    """The torch metrics of evaluation (float64, on the maps' device) against the numpy/scipy/skimage ones."""
+    import torch
+
+    from qsmrep.core.metrics_torch import METRICS_TORCH, compute_metrics_torch
+
+    assert list(METRICS_TORCH) == list(M.METRICS)
+    for kind, pred, chi, mask in _generator_cases():
+        expected = M.compute_metrics(pred, chi, mask)
+        got = dict(zip(METRICS_TORCH, compute_metrics_torch(pred, chi, mask).tolist()))
+        for name, value in expected.items():
+            assert got[name] == pytest.approx(value, rel=1e-4), (kind, name)
+            assert got[name] == pytest.approx(value, rel=1e-9, abs=1e-12), (kind, name)  # in fact to round-off
+        bf16 = dict(zip(METRICS_TORCH, compute_metrics_torch(pred.bfloat16(), chi, mask).tolist()))
+        for name, value in M.compute_metrics(pred.bfloat16(), chi, mask).items():  # autocast outputs, as numpy reads them
+            assert bf16[name] == pytest.approx(value, rel=1e-9), (kind, name)
+    assert torch.get_default_dtype() == torch.float32
+
+
+@pytest.mark.parametrize("mode", ["reflect", "nearest"])
+def test_gaussian_filters_equal_scipy(mode):
+    import torch
+
+    from qsmrep.core.metrics_torch import gaussian_filter, laplacian_of_gaussian
+
+    x = np.random.default_rng(5).standard_normal((13, 9, 17))  # a side shorter than a kernel: edges reflect twice
+    for sigma, truncate in ((1.5, 3.5), (1.5, 2.0), (0.8, 4.0)):
+        got = gaussian_filter(torch.from_numpy(x), sigma, truncate, mode).numpy()
+        np.testing.assert_allclose(got, ndimage.gaussian_filter(x, sigma, mode=mode, truncate=truncate), rtol=0, atol=1e-12)
+    if mode == "reflect":
+        np.testing.assert_allclose(laplacian_of_gaussian(torch.from_numpy(x)).numpy(),
+                                   ndimage.gaussian_laplace(x, M.HFEN_SIGMA), rtol=0, atol=1e-12)
+
+
+def test_device_metrics_read_nothing_back(monkeypatch):
+    """No metric reads a value back to the host (on a GPU each read would wait for the device)."""
+    import torch
+
+    from qsmrep.core.metrics_torch import compute_metrics_torch
+
+    kind, pred, chi, mask = _generator_cases()[0]
+    reads = []
+    for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda t, *a, _o=original, _n=name, **k: reads.append(_n) or _o(t, *a, **k))
+    values = compute_metrics_torch(pred, chi, mask)
+    M.nrmse_torch(pred[None], chi[None], mask[None], check=False)
+    monkeypatch.undo()
+    assert reads == [] and values.shape == (5,)
+
+
+def test_device_metrics_give_nan_where_the_numpy_metrics_refuse():
+    import torch
+
+    from qsmrep.core.metrics_torch import METRICS_TORCH, compute_metrics_torch, dnrmse
+
+    kind, pred, chi, mask = _generator_cases()[0]
+    diverged = pred.clone()
+    diverged[5, 5, 5] = float("inf")
+    with pytest.raises(ValueError, match="non-finite"):
+        M.nrmse(diverged, chi, mask)
+    assert torch.isnan(compute_metrics_torch(diverged, chi, mask)).all()
+    with pytest.warns(RuntimeWarning, match="slope"):
+        assert np.isnan(M.dnrmse(torch.zeros_like(chi), chi, mask))
+    assert torch.isnan(dnrmse(torch.zeros_like(chi), chi, mask))
+    for name, metric in METRICS_TORCH.items():
+        with pytest.raises(ValueError, match="shape"):
+            metric(pred, chi[:-1], mask[:-1])
+        with pytest.raises(ValueError, match="bool"):
+            metric(pred, chi, mask.float())
+    with pytest.raises(ValueError, match="11 voxels"):
+        METRICS_TORCH["ssim"](pred[:10], chi[:10], mask[:10])

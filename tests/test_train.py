@@ -21,7 +21,6 @@ from qsmrep.run.step import clip_and_norm
 from qsmrep.run.config import Config
 from qsmrep.run.data import SyntheticMaps
 from qsmrep.run.evaluate import evaluate_checkpoint, evaluate_runs, load_model
-from qsmrep.core.loss import PhysicsInformedLoss
 from qsmrep.core.metrics import METRICS
 from qsmrep.core.physics import forward_field
 from qsmrep.run.runfolder import (
@@ -34,6 +33,8 @@ from qsmrep.run.runfolder import (
 )
 from qsmrep.run.trainer import train
 
+from helpers import Boom, inject, one_thread
+
 TINY = dict(initial_channels=4, depth=3, device="cpu")
 
 
@@ -43,10 +44,8 @@ def tiny(**overrides) -> Config:
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +76,6 @@ def _assert_same_weights(path_a, path_b):
         assert torch.equal(a[name], b[name]), name
 
 
-class _Boom(Exception):
-    pass
-
-
 def _stop_after_epoch(monkeypatch, cfg, out, epoch: int) -> None:
     """Train ``cfg`` into ``out`` and crash right after epoch ``epoch`` was fully written."""
     original = RunFolder.write_history
@@ -88,38 +83,12 @@ def _stop_after_epoch(monkeypatch, cfg, out, epoch: int) -> None:
     def write_then_die(self, rows):
         original(self, rows)
         if len(rows) == epoch:
-            raise _Boom(f"after epoch {epoch}")
+            raise Boom(f"after epoch {epoch}")
 
     monkeypatch.setattr(RunFolder, "write_history", write_then_die)
-    with pytest.raises(_Boom):
+    with pytest.raises(Boom):
         train(cfg, out, progress=False)
     monkeypatch.setattr(RunFolder, "write_history", original)
-
-
-def _inject(monkeypatch, at_call: int, kind: str = "loss"):
-    """Make the ``at_call``-th training loss (1-based, grad-enabled calls only) non-finite.
-
-    kind="loss": the loss itself is NaN; kind="grad": the loss is finite but the gradient of the
-    prediction is NaN; kind="raise": raise _Boom (a crash in the middle of an epoch).
-    """
-    original = PhysicsInformedLoss.components
-    calls = {"n": 0}
-
-    def components(self, pred, chi, field):
-        parts = original(self, pred, chi, field)
-        if torch.is_grad_enabled():
-            calls["n"] += 1
-            if calls["n"] == at_call:
-                if kind == "raise":
-                    raise _Boom(f"crash at training call {at_call}")
-                if kind == "loss":
-                    parts = {**parts, "total": parts["total"] * float("nan")}
-                else:
-                    pred.register_hook(lambda g: g * float("nan"))
-        return parts
-
-    monkeypatch.setattr(PhysicsInformedLoss, "components", components)
-    return calls
 
 
 # ------------------------------------------------------------------ learning and files
@@ -186,8 +155,8 @@ def test_interrupted_and_resumed_run_is_identical(reference, tmp_path, monkeypat
     _stop_after_epoch(monkeypatch, cfg, tmp_path, 3)
     assert len(read_history(tmp_path)) == 3
     # 2) crash in the middle of epoch 6 (iteration 2 of 4): epochs 4, 5 are kept
-    _inject(monkeypatch, at_call=2 * cfg.iterations + 2, kind="raise")
-    with pytest.raises(_Boom):
+    inject(monkeypatch, at_call=2 * cfg.iterations + 2, kind="raise")
+    with pytest.raises(Boom):
         train(cfg, tmp_path, progress=False)
     monkeypatch.undo()
     assert len(read_history(tmp_path)) == 5
@@ -309,7 +278,7 @@ def test_gradient_clipping_caps_the_global_norm():
 # ------------------------------------------------------------------ non-finite numbers: a diverged run is a result
 def test_nan_loss_ends_the_run_as_diverged(tmp_path, monkeypatch):
     cfg = tiny(epochs=4, early_epoch=1)
-    _inject(monkeypatch, at_call=2 * cfg.iterations + 2, kind="loss")  # epoch 3, iteration 2
+    inject(monkeypatch, at_call=2 * cfg.iterations + 2, kind="loss")  # epoch 3, iteration 2
     history = train(cfg, tmp_path, progress=False)
     assert list(history["epoch"]) == [1, 2]
     done = json.loads((tmp_path / "DONE.json").read_text())
@@ -330,7 +299,7 @@ def test_nan_loss_ends_the_run_as_diverged(tmp_path, monkeypatch):
 
 def test_nan_gradient_in_the_first_epoch(tmp_path, monkeypatch):
     cfg = tiny(epochs=2, early_epoch=1)
-    _inject(monkeypatch, at_call=3, kind="grad")  # epoch 1, iteration 3
+    inject(monkeypatch, at_call=3, kind="grad")  # epoch 1, iteration 3
     history = train(cfg, tmp_path, progress=False)
     assert len(history) == 0
     done = json.loads((tmp_path / "DONE.json").read_text())
@@ -340,7 +309,7 @@ def test_nan_gradient_in_the_first_epoch(tmp_path, monkeypatch):
 
 def test_nonfinite_skip_records_skipped_steps(tmp_path, monkeypatch):
     cfg = tiny(epochs=2, early_epoch=1, nonfinite="skip")
-    _inject(monkeypatch, at_call=cfg.iterations + 3, kind="grad")  # epoch 2, iteration 3
+    inject(monkeypatch, at_call=cfg.iterations + 3, kind="grad")  # epoch 2, iteration 3
     history = train(cfg, tmp_path, progress=False)
     assert list(history["skipped_steps"]) == [0, 1]
     assert RunFolder(tmp_path).status() == "finished"
@@ -384,6 +353,28 @@ def test_evaluate_runs_with_baselines(reference, tmp_path):
     # checkpoints trained on other data than the test maps are refused, naming the field
     with pytest.raises(ValueError, match="data_seed"):
         evaluate_runs(checkpoints, tmp_path / "other", cfg.replace(data_seed=7), device="cpu")
+
+
+def test_evaluation_loads_each_checkpoint_once_and_scores_as_the_numpy_metrics(reference, tmp_path, monkeypatch):
+    """One load per checkpoint (the test maps, noisy ones and the phantom in the same pass); the torch metrics
+    that score on a GPU, here on the CPU, equal the numpy metrics of the predictions the table saved."""
+    from qsmrep.core.metrics import compute_metrics
+    from qsmrep.run import evaluate as evaluate_module
+
+    cfg, out, _ = reference
+    checkpoints = {"elu4@2": out / checkpoint_name(cfg.early), "elu4@10": out / checkpoint_name(cfg.epochs)}
+    loads = []
+    original = evaluate_module.load_checkpoint
+    monkeypatch.setattr(evaluate_module, "load_checkpoint", lambda path, **kw: loads.append(path) or original(path, **kw))
+    monkeypatch.setattr(evaluate_module, "TORCH_METRICS_ON_CPU", True)  # the GPU's scoring path, here on the CPU
+    per_map = evaluate_runs(checkpoints, tmp_path, cfg.replace(n_test=2), device="cpu", baselines=False)
+    assert sorted(map(str, loads)) == sorted(map(str, checkpoints.values()))
+    with np.load(tmp_path / "arrays.npz") as arrays:
+        for label in checkpoints:
+            row = per_map[(per_map.label == label) & (per_map["map"] == 0)].iloc[0]
+            expected = compute_metrics(arrays[f"{label}/pred_0"], arrays["chi_0"], arrays["mask_0"])
+            for metric, value in expected.items():
+                assert row[metric] == pytest.approx(value, rel=1e-9), (label, metric)
 
 
 def test_crop_check_scores_full_maps_and_patch_sized_crops(reference):

@@ -14,13 +14,18 @@ Any profile but ``paper`` (``cpu``, ``smoke``, ``gpu``) measures, on the machine
 * ``generator`` (64³, 160³, 320³; s/sample), ``forward_field`` (voxel/s) and ``loader_stall`` (fraction
   of a short ``cpu``-profile training run spent waiting for data) (:mod:`qsmrep.bench.data`).
 
-``--profile paper`` needs a CUDA GPU; there it measures (:mod:`qsmrep.bench.paper`): training steps at
-4 × 160³ for the six variants (fp32 and the default bf16 + channels-last setting, with TFLOP/s and
-fraction of the card's peak), the MONAI ``BasicUNet`` reference, the data path (training iterations
-with the maps rendered on the device vs. the bare step), the generator on the device at 320³, the
-validation time per epoch, and the projected wall time of the six-variant paper run. On a CPU it
-measures the 320³ generator and the 160³ forward field only. ``--save`` writes these rows to
-``results/bench/<card>-<date>.jsonl``.
+``--profile paper`` needs a CUDA GPU; there it measures what ``./run_all.sh --profile paper`` will cost
+(:mod:`qsmrep.bench.paper`), the decisive rows first: training steps at 4 × 160³ for the six variants in
+the default setting (bf16 + channels-last, with TFLOP/s and fraction of the card's peak), the data path
+(training iterations with the maps rendered on the device vs. the bare step, target ≤ 1.1), validation
+seconds per epoch per variant (and where its maps are kept), the memory on the card, evaluation seconds
+per test map per variant, the validation fraction of the epoch (target ≤ 15 %) and the projected wall time
+of training, validation, evaluation and report per variant (target ≤ 6 h); then fp32 steps, cuDNN
+autotuning, the MONAI reference and the generator. On a CPU it measures the 320³ generator and the 160³
+forward field only, unless ``--paper-rows``: the same rows at the sizes of any ``--profile`` (``smoke``: a
+rehearsal of the GPU check on a CPU; with ``--quick`` the decisive rows only, from one or two
+iterations each). ``--save`` writes the rows to ``results/bench/<card>-<date>.jsonl``
+(or another folder), rewritten as each row is measured, so a run cut off keeps the rows it made.
 
 ``--quick`` runs fewer repeats and cases and stops starting training-step cases after
 :data:`QUICK_BUDGET_SECONDS`, so that it ends within 5 minutes.
@@ -34,6 +39,7 @@ import os
 import re
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -64,10 +70,11 @@ def _fmt(value, spec: str = ".3g") -> str:
 
 
 class RowLog:
-    """The rows of a run as they arrive: kept, printed as JSON lines with ``--json``, logged to stderr."""
+    """The rows of a run as they arrive: kept, printed as JSON lines with ``--json``, logged to stderr, and
+    written (the whole file, atomically) to ``save`` when given."""
 
-    def __init__(self, json_lines: bool):
-        self.json_lines = json_lines
+    def __init__(self, json_lines: bool, save: str | None = None):
+        self.json_lines, self.save = json_lines, save
         self.rows: list[dict] = []
         self.started = time.perf_counter()
 
@@ -79,6 +86,8 @@ class RowLog:
             self.rows.append(row)
             if self.json_lines:
                 print(to_json(row), flush=True)
+            if self.save:
+                files.write_text(self.save, "".join(to_json(r) + "\n" for r in self.rows))
             status = f"ERROR {row['error']}" if row.get("error") else \
                 f"{row.get('figure')} = {_fmt(row.get('value'), '.4g')} {row.get('unit', '')}"
             _log(f"{row['case']} {_fmt(row.get('variant'))} {_fmt(row.get('patch'))} {_fmt(row.get('precision'))} "
@@ -111,17 +120,17 @@ def _monai_wanted(args) -> bool:
     return True
 
 
-def _paper(out: RowLog, device: str, use_monai: bool, save: bool) -> None:
-    """The paper-scale rows on a GPU; on a CPU the 320³ generator and the forward field only."""
-    if device != "cuda":
-        _log("note: no CUDA GPU: the paper-scale rows (steps at 160³, data path, validation, projection) need one; "
-             "measuring the CPU data side at 320³ only, the GPU targets wait for a GPU")
+def _paper(out: RowLog, profile: str, device: str, use_monai: bool, paper_rows_anywhere: bool, quick: bool) -> None:
+    """The paper-scale rows on a GPU (or at any profile with ``--paper-rows``; ``--quick``: the decisive rows only,
+    from one or two iterations each); on a CPU without ``--paper-rows`` the 320³ generator and the forward field only."""
+    if device != "cuda" and not paper_rows_anywhere:
+        _log("note: no CUDA GPU: the paper-scale rows (steps at 160³, data path, validation, evaluation, projection) "
+             "need one; measuring the CPU data side at 320³ only, the GPU targets wait for a GPU")
         out(generator_rows(sizes=(320,), repeats=1, device=device))
         out(forward_field_rows(size=160, batch=4, repeats=2, device=device))
     else:
-        paper_rows("paper", device, use_monai=use_monai, emit=out)
-    if save:
-        _log(f"rows saved to {save_rows(out.rows, card_name(resolve_device(device)))}")
+        sizes = dict(iters=2, data_iterations=2, val_maps=1, eval_maps=1, extras=False) if quick else {}
+        paper_rows(profile, device, use_monai=use_monai, emit=out, **sizes)
 
 
 def _budget_spent(out: RowLog, quick: bool) -> bool:
@@ -177,11 +186,13 @@ def main(args) -> int:
     profile, quick = args.profile, bool(args.quick)
     Config.from_profile(profile)  # ValueError on an unknown profile
     device = str(resolve_device("auto"))
-    out = RowLog(bool(args.json))
+    out = RowLog(bool(args.json), save_path(args, card_name(resolve_device(device))))
     _log_machine(profile, device, quick)
+    if out.save:
+        _log(f"rows are written to {out.save} as they are measured")
     use_monai = _monai_wanted(args)
-    if profile == "paper":
-        _paper(out, device, use_monai, save=bool(getattr(args, "save", False)))
+    if profile == "paper" or getattr(args, "paper_rows", False):
+        _paper(out, profile, device, use_monai, bool(getattr(args, "paper_rows", False)), quick)
     else:
         _train_steps(out, profile, quick, device)
         if use_monai and not _budget_spent(out, quick):
@@ -226,10 +237,13 @@ def summary_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def save_rows(rows: list[dict], card: str, folder=None) -> str:
-    """Write ``rows`` as JSON lines to ``results/bench/<card>-<date>.jsonl`` (atomically); returns the path."""
+def save_path(args, card: str) -> str | None:
+    """Where ``--save`` writes: ``<folder>/<card>-<date>.jsonl``, folder ``results/bench`` or the one given;
+    None without ``--save``."""
+    save = getattr(args, "save", False)
+    if not save:
+        return None
+    folder = project_root() / "results" / "bench" if save is True else Path(save)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", card).strip("-")
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    path = (folder or project_root() / "results" / "bench") / f"{slug}-{date}.jsonl"
-    files.write_text(path, "".join(to_json(r) + "\n" for r in rows))
-    return str(path)
+    return str(folder / f"{slug}-{date}.jsonl")

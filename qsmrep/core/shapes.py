@@ -78,6 +78,15 @@ def _ball_indicator(r: torch.Tensor, radius, sigma=None) -> torch.Tensor:
     return (r <= radius).to(r.dtype)
 
 
+def _to_device(array: np.ndarray, device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A host array as a tensor on ``device`` (cast to ``dtype`` if given). To a GPU it goes through pinned
+    memory as a non-blocking copy on the current stream, so the host does not wait for the GPU."""
+    tensor = torch.from_numpy(array)
+    if torch.device(device).type == "cuda":
+        return tensor.pin_memory().to(device=device, dtype=dtype, non_blocking=True)
+    return tensor.to(device=device, dtype=dtype)
+
+
 def _boxes(centers: np.ndarray, extents: np.ndarray, sigmas: np.ndarray, size: int):
     """Bounding boxes padded by 4σ and clipped to the volume, per shape and axis (host side).
 
@@ -126,7 +135,7 @@ def _cuboid_sum(size: int, n_maps: int, cuboids, device, dtype) -> torch.Tensor:
     padded = np.zeros((4, n_maps, C, 3))  # centre, half side, sigma (copied to 3), value (same)
     padded[0, n, slot], padded[1, n, slot] = centers, halves
     padded[2, n, slot], padded[3, n, slot] = sigmas[:, None], values[:, None]
-    c, h, sg, v = torch.from_numpy(padded).to(device)[..., None]  # each (N, C, 3, 1)
+    c, h, sg, v = _to_device(padded, device)[..., None]  # each (N, C, 3, 1)
     x = torch.arange(size, dtype=torch.float64, device=device)
     p = (_box_profile(x, c, h, sg) * _in_box(x, c, h, sg)).to(dtype)  # (N, C, 3, S)
     px = (p[:, :, 0] * v[:, :, 0].to(dtype)).transpose(1, 2)  # (N, S, C)
@@ -194,9 +203,8 @@ def _add_spheres(flat: torch.Tensor, size: int, spheres, dtype) -> None:
     for profile, group in ((_ball_profile, nonempty & (sigmas > 0)),
                            (_ball_indicator, nonempty & (sigmas <= 0))):
         order = np.flatnonzero(group)[np.argsort(-lengths[group].max(axis=1), kind="stable")]
-        params = [torch.from_numpy(a[order]).to(dev) for a in (n, lo, lengths, centers)]
-        params += [torch.from_numpy(a[order]).to(dev, dtype)[:, None, None, None]
-                   for a in (radii[:, 0], sigmas, values)]
+        params = [_to_device(a[order], dev) for a in (n, lo, lengths, centers)]
+        params += [_to_device(a[order], dev, dtype)[:, None, None, None] for a in (radii[:, 0], sigmas, values)]
         for start, stop, side in _sphere_chunks(lengths[order], budget):
             rows = max(1, budget // ((stop - start) * side * side))
             chunk = [p[start:stop] for p in params]
@@ -258,7 +266,7 @@ def support_masks(size: int, centers: np.ndarray, axes: np.ndarray, device) -> t
     for every ``dtype`` and device. Args: centers, axes (N, 3) voxels.
     """
     x = torch.arange(size, dtype=torch.float64, device=device)
-    c, a = (torch.from_numpy(v).to(device)[:, :, None] for v in (centers, axes))
+    c, a = (_to_device(v, device)[:, :, None] for v in (centers, axes))
     g = (x - c) / a
     g = (g * g).to(torch.float32)  # (N, 3, S)
     return (g[:, 0, :, None, None] + g[:, 1, None, :, None]) + g[:, 2, None, None, :] <= 1.0

@@ -80,5 +80,5 @@ def labels(name: str) -> dict:
 
 
 def inverter(name: str, physics: DipolePhysics, parameter: float):
-    """field (X, Y, Z) tensor → χ̂ (X, Y, Z) float32 numpy, by baseline ``name`` with ``parameter``."""
-    return lambda field: invert(name, field, physics, parameter).float().numpy()
+    """field (X, Y, Z) tensor → χ̂ (X, Y, Z) float32 tensor on the field's device, by baseline ``name`` with ``parameter``."""
+    return lambda field: invert(name, field, physics, parameter).float()

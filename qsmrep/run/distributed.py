@@ -50,9 +50,16 @@ class Context:
         dist.all_reduce(tensor)
         return (tensor / self.world).cpu().tolist()
 
-    def all_true(self, flag: bool) -> bool:
-        """True when ``flag`` is True on every rank (so that all ranks take the same branch; ``flag`` itself for one process)."""
-        return flag if not self.enabled else self.mean([float(flag)])[0] == 1.0
+    def all_true(self, flag):
+        """True when ``flag`` is True on every rank (so that all ranks take the same branch; ``flag`` itself for one process).
+        A bool tensor is reduced where it lies and returned as a bool tensor: no value is read back to the host."""
+        if not self.enabled:
+            return flag
+        if isinstance(flag, torch.Tensor):
+            agreed = flag.to(torch.int32)
+            dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+            return agreed.bool()
+        return self.mean([float(flag)])[0] == 1.0
 
     def broadcast_buffers(self, model: torch.nn.Module) -> None:
         """Copy rank 0's buffers (batch-norm running statistics) to every rank."""

@@ -7,8 +7,17 @@ For a batch of field patches B and label patches χ, each (N, 1, p, p, p) in ppm
     g = ∇_θ L, clipped to ‖g‖₂ ≤ grad_clip       global L2 norm over all parameters (0: no clipping)
     θ ← AdamW(θ, g)                              lr and decoupled weight decay from the config (paper: 1e-3, 0.01)
 
-A step whose loss or gradient norm is not finite changes no weight and reports ``finite=False``;
-what follows (stop the run as diverged, or skip the step) is the trainer's policy.
+The step reads nothing back from the device: it returns the loss terms and the finite flag
+(loss and gradient norm finite) as device tensors, which the trainer accumulates and reads once per
+epoch, so the host queues step after step while the GPU works. A non-finite step is handled on
+the device too, by the trainer's policy ``nonfinite``:
+
+* ``skip``: the step changes no weight. AdamW runs fused (one kernel for all parameters) and is
+  handed the flag as ``found_inf``, the attribute torch.amp.GradScaler sets: where it is 1 the
+  kernel leaves weights, moments and step count as they were.
+* ``stop``: the run ends as diverged at the first non-finite step, and nothing after it is kept
+  (the run keeps the last finished epoch), so the update is applied unconditionally with the plain
+  AdamW, whose numbers the runs were trained with (the fused kernel differs in the last bits).
 """
 
 from __future__ import annotations
@@ -24,8 +33,10 @@ from qsmrep.run import runtime
 
 
 def make_optimizer(config, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW over ``model``'s parameters with the config's ``lr`` and ``weight_decay``."""
-    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    """AdamW over ``model``'s parameters with the config's ``lr`` and ``weight_decay``; fused under
+    ``nonfinite="skip"`` (module docstring)."""
+    fused = True if config.nonfinite == "skip" else None
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
 def clip_and_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
@@ -36,11 +47,12 @@ def clip_and_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
 
 @dataclass
 class StepResult:
-    """What one step returns: the detached loss terms (``total``, ``chi``, ``field``; 0-d tensors) and
-    whether the step was applied (loss and gradient finite)."""
+    """What one step returns, on the device: the detached loss terms (``total``, ``chi``, ``field``; 0-d
+    tensors) and ``finite``, a 0-d bool tensor: loss and gradient norm finite (under ``skip`` the step was
+    applied exactly where it is true)."""
 
     parts: dict[str, torch.Tensor]
-    finite: bool
+    finite: torch.Tensor
 
 
 class TrainingStep:
@@ -54,35 +66,41 @@ class TrainingStep:
         grad_clip: maximal global gradient norm, 0 for none.
         net: the module called for the forward pass (a compiled or data-parallel wrapper of ``model``);
             default ``model``.
-        agree: makes every process take the same branch on the finite check (data-parallel training);
-            default: the local value.
+        agree: makes the finite flag (a bool tensor) the same on every process (data-parallel training),
+            on the device; default: the local value.
+        skip_nonfinite: skip non-finite steps on the device (``optimizer`` must be a fused AdamW,
+            :func:`make_optimizer` under ``nonfinite="skip"``); otherwise every update is applied.
     """
 
     def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, *,
                  device: torch.device | str = "cpu", precision: str = "fp32", memory_format: str = "contiguous",
-                 grad_clip: float = 0.0, net: nn.Module | None = None, agree: Callable[[bool], bool] | None = None):
+                 grad_clip: float = 0.0, net: nn.Module | None = None,
+                 agree: Callable[[torch.Tensor], torch.Tensor] | None = None, skip_nonfinite: bool = False):
+        if skip_nonfinite and not optimizer.defaults.get("fused"):
+            raise ValueError("skip_nonfinite: needs a fused optimiser, which skips a step on the device (found_inf)")
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.device, self.precision, self.memory_format = torch.device(device), precision, memory_format
-        self.grad_clip = grad_clip
+        self.grad_clip, self.skip_nonfinite = grad_clip, skip_nonfinite
         self.net = net if net is not None else model
         self.agree = agree or (lambda flag: flag)
 
     @classmethod
     def from_config(cls, config, model: nn.Module, loss_fn: nn.Module, device: torch.device | str, **kwargs) -> "TrainingStep":
-        """The step of a resolved ``config`` (precision, memory format, clipping, optimiser) for ``model``."""
+        """The step of a resolved ``config`` (precision, memory format, clipping, optimiser, non-finite policy)."""
         return cls(model, loss_fn, make_optimizer(config, model), device=device, precision=config.precision,
-                   memory_format=config.memory_format, grad_clip=config.grad_clip, **kwargs)
+                   memory_format=config.memory_format, grad_clip=config.grad_clip,
+                   skip_nonfinite=config.nonfinite == "skip", **kwargs)
 
     def __call__(self, field: torch.Tensor, chi: torch.Tensor) -> StepResult:
-        """One step on ``field`` and ``chi`` (N, 1, p, p, p) on the model's device."""
+        """One step on ``field`` and ``chi`` (N, 1, p, p, p) on the model's device; reads nothing back."""
         with runtime.autocast(self.device, self.precision):
             pred = self.net(runtime.to_memory_format(field, self.memory_format))
         parts = self.loss_fn.components(pred, chi, field)
         self.optimizer.zero_grad(set_to_none=True)
-        finite = self.agree(bool(torch.isfinite(parts["total"])))
-        if finite:
-            parts["total"].backward()
-            finite = bool(torch.isfinite(clip_and_norm(self.model, self.grad_clip)))
-        if finite:
-            self.optimizer.step()
+        parts["total"].backward()
+        norm = clip_and_norm(self.model, self.grad_clip)
+        finite = self.agree(torch.isfinite(parts["total"].detach()) & torch.isfinite(norm))
+        if self.skip_nonfinite:
+            self.optimizer.found_inf = (~finite).float()
+        self.optimizer.step()
         return StepResult({key: value.detach() for key, value in parts.items()}, finite)

@@ -11,11 +11,17 @@ columns aside) and the same weights as an uninterrupted one.
 A non-finite loss or gradient with ``nonfinite="stop"`` (or an epoch whose every step was
 non-finite with ``nonfinite="skip"``) ends the run as *diverged*: a result, recorded in the
 completion marker with the epoch, the iteration and the last finite values, not an error.
+
+Inside an epoch nothing is read back from the device: the step's loss terms and finite flags are
+accumulated there (:class:`EpochTally`) and read once at the end of the epoch, which is also where a
+``stop`` run learns of its first non-finite step (the steps after it are discarded with the epoch);
+the progress bar reads the running loss at most every :data:`POSTFIX_SECONDS`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from pathlib import Path
@@ -30,10 +36,15 @@ from qsmrep.core.physics import DipolePhysics
 from qsmrep.core.unet import UNet3D
 from qsmrep.run import distributed, runtime
 from qsmrep.run.config import Config
+from qsmrep.run.data import to_device
 from qsmrep.run.runfolder import DIVERGED, FINISHED, HISTORY_COLUMNS, RunFolder, load_model_state
 from qsmrep.run.sources import DataSource, SyntheticSource
-from qsmrep.run.step import TrainingStep
+from qsmrep.run.step import StepResult, TrainingStep
 from qsmrep.run.validation import validate
+
+#: the progress bar shows the epoch's running loss at most this often (each time one read from the device)
+POSTFIX_SECONDS = 5.0
+LOSS_TERMS = ("total", "chi", "field")
 
 
 def _log(message: str) -> None:
@@ -71,6 +82,49 @@ def train(config: Config, out: str | Path, progress: bool = True, force: bool = 
         context.close()
 
 
+class EpochTally:
+    """One epoch's training figures, accumulated on the device and read back once (:meth:`read`).
+
+    A step *counts* when its loss and gradient norm are finite and, under ``stop``, every earlier step of the
+    epoch was too: its loss terms are added to float64 sums in step order (the sums a host loop over the
+    ``.item()`` values makes, to the bit) and its total becomes the last finite loss. The first non-finite
+    iteration is kept (0: none). ``last_finite``: the device value carried over from the epoch before.
+    """
+
+    def __init__(self, device: torch.device, stop: bool, last_finite: torch.Tensor | None = None):
+        self.stop = stop
+        self.sums = torch.zeros(len(LOSS_TERMS), dtype=torch.float64, device=device)
+        self.counted = torch.zeros((), dtype=torch.int64, device=device)
+        self.first_nonfinite = torch.zeros((), dtype=torch.int64, device=device)
+        self.all_finite = torch.ones((), dtype=torch.bool, device=device)
+        self.last_finite = last_finite if last_finite is not None else \
+            torch.full((), math.nan, dtype=torch.float64, device=device)
+
+    def add(self, result: StepResult, iteration: int) -> None:
+        """Account for the step of ``iteration`` (1-based), on the device."""
+        finite = result.finite
+        self.all_finite = self.all_finite & finite
+        counts = self.all_finite if self.stop else finite
+        terms = torch.stack([result.parts[key] for key in LOSS_TERMS]).double()
+        self.sums += torch.where(counts, terms, 0.0)
+        self.counted += counts
+        self.first_nonfinite = torch.where((self.first_nonfinite == 0) & ~finite, iteration, self.first_nonfinite)
+        self.last_finite = torch.where(counts, terms[0], self.last_finite)
+
+    def mean_loss(self) -> float:
+        """The mean total loss of the steps counted so far (one read from the device)."""
+        return float(self.sums[0] / self.counted.clamp(min=1))
+
+    def read(self) -> dict:
+        """``sums`` (list, :data:`LOSS_TERMS`), ``steps`` counted, ``first_nonfinite`` iteration (0: none) and
+        ``last_finite`` loss (None: none yet), with one copy from the device."""
+        flags = torch.stack([self.counted, self.first_nonfinite]).double()
+        values = torch.cat([self.sums, flags, self.last_finite[None]]).tolist()
+        last = values[-1]
+        return {"sums": values[:len(LOSS_TERMS)], "steps": int(values[-3]), "first_nonfinite": int(values[-2]),
+                "last_finite": None if math.isnan(last) else last}
+
+
 class _Diverged(Exception):
     """Raised inside an epoch when the run ends as diverged (at ``epoch``, ``iteration``)."""
 
@@ -90,7 +144,8 @@ class Trainer:
         if context.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", context.local_rank)
         self.rows: list[dict] = []
-        self.last_finite: float | None = None
+        self.last_finite: float | None = None  # the last finite step loss, as read at the end of an epoch
+        self._last_finite: torch.Tensor | None = None  # the same on the device, carried into the next epoch
         self.bar = None
 
     def _build(self) -> None:
@@ -159,33 +214,34 @@ class Trainer:
         return self.run.history() if self.context.is_main else pd.DataFrame(self.rows, columns=HISTORY_COLUMNS)
 
     def _train_epoch(self, epoch: int) -> dict:
-        """The steps of one epoch; the history columns of its training part. Raises :class:`_Diverged`."""
-        sums = {"total": 0.0, "chi": 0.0, "field": 0.0}
-        steps = skipped = 0
-        data_seconds = 0.0
-        started = waited = time.perf_counter()
+        """The steps of one epoch; the history columns of its training part. Raises :class:`_Diverged`.
+
+        The loop reads nothing back from the device (module docstring); ``data_seconds`` is the host's time
+        spent getting batches (on a GPU: queueing their rendering)."""
+        tally = EpochTally(self.device, self.config.nonfinite == "stop", self._last_finite)
+        iterations, data_seconds = 0, 0.0
+        started = waited = shown = time.perf_counter()
         shard = lambda batch: distributed.shard(batch, self.context)  # noqa: E731
-        for iteration, (field, chi) in enumerate(self.data.batches(epoch, shard), 1):
-            field, chi = field.to(self.device, non_blocking=True), chi.to(self.device, non_blocking=True)
+        for iterations, (field, chi) in enumerate(self.data.batches(epoch, shard), 1):
+            field, chi = to_device(field, self.device), to_device(chi, self.device)
             data_seconds += time.perf_counter() - waited
-            result = self.step(field, chi)
-            if not result.finite:
-                if self.config.nonfinite == "stop":
-                    raise _Diverged(epoch, iteration)
-                skipped += 1
-            else:
-                steps += 1
-                for key in sums:
-                    sums[key] += result.parts[key].item()
-                self.last_finite = result.parts["total"].item()
+            tally.add(self.step(field, chi), iterations)
             self.bar.update(1)
-            self.bar.set_postfix(epoch=epoch, loss=f"{result.parts['total'].item():.4f}", refresh=False)
+            if not self.bar.disable and time.perf_counter() - shown >= POSTFIX_SECONDS:
+                self.bar.set_postfix(epoch=epoch, loss=f"{tally.mean_loss():.4f}", refresh=False)
+                shown = time.perf_counter()
             waited = time.perf_counter()
+        figures = tally.read()
+        self._last_finite, self.last_finite = tally.last_finite, figures["last_finite"]
+        if figures["first_nonfinite"] and self.config.nonfinite == "stop":
+            raise _Diverged(epoch, figures["first_nonfinite"])
+        steps = figures["steps"]
         if steps == 0:
             raise _Diverged(epoch, self.data.iterations)
-        means = self.context.mean([sums["total"] / steps, sums["chi"] / steps, sums["field"] / steps])
-        return {"epoch": epoch, "iterations": steps + skipped, "train_loss": means[0], "train_chi": means[1],
-                "train_field": means[2], "skipped_steps": skipped, "started": started, "data_seconds": data_seconds}
+        means = self.context.mean([total / steps for total in figures["sums"]])
+        return {"epoch": epoch, "iterations": iterations, "train_loss": means[0], "train_chi": means[1],
+                "train_field": means[2], "skipped_steps": iterations - steps, "started": started,
+                "data_seconds": data_seconds}
 
     def _epoch(self, epoch: int) -> None:
         """Train one epoch; on rank 0 validate it and save its row, checkpoint and resume point."""

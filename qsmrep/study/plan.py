@@ -14,6 +14,10 @@ Layout (relative to the project root)::
     results/<profile>/report.html                                  the rendered report
     results/bench/<card>-<date>.jsonl                              committed benchmark rows (GPU measurements)
     figures/<profile>/fig*.png|svg                                 the figures
+    reference/<profile>/                                           the committed reference: tables, report, figures/,
+                                                                   benchmarks/, PROVENANCE.json (qsmrep.study.reference)
+
+``results/`` (but ``results/bench/``) and ``figures/`` are git-ignored: runs never change a tracked file.
 
 A run's *key* is its folder below ``results/<profile>/``: ``<kind>/<arm>/<name>``, e.g.
 ``runs/batch/elu16_s0`` or ``sweep/batch/leaky_relu-0.01_s2``.
@@ -50,6 +54,11 @@ def results_dir(profile: str, root: str | Path | None = None) -> Path:
 
 def figures_dir(profile: str, root: str | Path | None = None) -> Path:
     return project_root(root) / "figures" / profile
+
+
+def reference_dir(profile: str, root: str | Path | None = None) -> Path:
+    """The committed reference of a profile (``reference/<profile>/``), written only by ``publish-reference``."""
+    return project_root(root) / "reference" / profile
 
 
 def bench_dir(root: str | Path | None = None) -> Path:
