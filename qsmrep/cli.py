@@ -1,4 +1,5 @@
-"""Command line: ``python -m qsmrep {train,evaluate,predict,config,status,job,estimate,offline-html,bench} …``
+"""Command line: ``python -m qsmrep {train,evaluate,predict,phantom,config,status,job,estimate,publish-reference,
+offline-html,bench} …``
 (``--help`` on each); :data:`COMMANDS` maps each subcommand to the function that runs it."""
 
 from __future__ import annotations
@@ -107,17 +108,43 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--snr", type=float, default=TEST_SNR,
                    help=f"field SNR of the noisy test set written beside the noise-free one (default {TEST_SNR:g}; 0: none)")
 
-    p = sub.add_parser("predict", help="invert your own field map (NIfTI) with a trained checkpoint")
-    p.add_argument("--checkpoint", required=True, help="checkpoint file (epoch_EEE.pt or last.pt)")
+    from qsmrep.run.geometry import GEOMETRY_MODES
+    from qsmrep.run.predict import METHODS
+
+    p = sub.add_parser("predict", help="invert your own field map (NIfTI) with a trained checkpoint (or TKD/Tikhonov) "
+                                       "in the frame the network was trained in")
+    p.add_argument("--checkpoint", help="checkpoint file (epoch_EEE.pt or last.pt); needed for --method network")
     p.add_argument("--field", required=True, help="3D field map, .nii or .nii.gz (background field removed)")
-    p.add_argument("--out", required=True, help="susceptibility map to write (.nii/.nii.gz, ppm, same affine)")
+    p.add_argument("--out", required=True, help="susceptibility map to write (.nii/.nii.gz, ppm, the field's shape "
+                                                "and affine), with a JSON sidecar beside it (chi.nii.gz → chi.json)")
     p.add_argument("--mask", help="optional brain mask (.nii/.nii.gz); field and χ are zeroed outside")
-    p.add_argument("--units", default="ppm", help="field units: ppm (default), hz (needs --b0), rad (needs --b0 and --te)")
+    p.add_argument("--units", default="ppm", type=str.lower,
+                   help="field units: ppm (default), hz (needs --b0), rad (needs --b0 and --te); any case")
     p.add_argument("--b0", type=float, help="field strength in tesla, for --units hz or rad")
     p.add_argument("--te", type=float, help="echo time in seconds, for --units rad")
     p.add_argument("--voxel-size", type=float, nargs=3, metavar=("X", "Y", "Z"), help="override the header's voxel size (mm)")
-    p.add_argument("--b0-dir", type=float, nargs=3, metavar=("X", "Y", "Z"), help="override the B0 direction (voxel axes)")
+    p.add_argument("--b0-dir", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help="override the B0 direction (voxel axes; default: the scanner's z axis from the affine)")
+    p.add_argument("--method", default="network", type=str.lower, choices=list(METHODS),
+                   help="network (default: the checkpoint's), or the classical tkd or tikhonov")
+    p.add_argument("--parameter", type=float, help="TKD threshold or Tikhonov α (default: 0.19 and 0.05)")
+    p.add_argument("--geometry", default="resample", choices=GEOMETRY_MODES,
+                   help="where B0 is oblique to the training axis or the voxel size is not the training one: "
+                        "resample onto the training grid and back (default), or refuse; exact axis permutations and "
+                        "flips are always applied")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+    p = sub.add_parser("phantom", help="write a head phantom's field, mask and χ as NIfTI in a chosen geometry "
+                                       "(to try predict)")
+    p.add_argument("--out", required=True, help="folder for field.nii.gz, mask.nii.gz, chi.nii.gz")
+    p.add_argument("--size", type=int, default=64, help="voxels per axis (default 64)")
+    p.add_argument("--voxel-size", type=float, nargs=3, default=(0.8, 0.8, 1.6), metavar=("X", "Y", "Z"),
+                   help="voxel size in mm (default 0.8 0.8 1.6)")
+    p.add_argument("--tilt", type=float, default=25.0, help="slab tilt about the first axis, degrees: B0's angle to "
+                                                             "the last axis (default 25)")
+    p.add_argument("--units", default="ppm", type=str.lower, help="units of the field file: ppm (default), hz, rad")
+    p.add_argument("--b0", type=float, help="field strength in tesla, for --units hz or rad")
+    p.add_argument("--te", type=float, help="echo time in seconds, for --units rad")
 
     p = sub.add_parser("config", help="print a profile's resolved configuration as YAML")
     _add_config_options(p)
@@ -142,21 +169,34 @@ def _add_study_commands(sub) -> None:
     p.add_argument("--seeds", type=_positive_int, default=1, help="seeds per variant")
     p.add_argument("--arms", default=registry.DEFAULT_ARM, help=f"comma-separated arms ({', '.join(registry.ARMS)})")
 
+    p = sub.add_parser("publish-reference", help="copy a finished study's tables, figures and report into the "
+                                                 "committed reference/<profile>/ (the only command that writes it)")
+    p.add_argument("--profile", default="cpu", help="profile whose results/<profile>/ and figures/<profile>/ are "
+                                                    "published (default: cpu)")
+
     p = sub.add_parser("offline-html", help="strip network references from a rendered report")
     p.add_argument("source", help="HTML written by nbconvert")
     p.add_argument("target", help="self-contained HTML to write")
 
-    p = sub.add_parser("bench", help="benchmark training steps, generator and forward field")
+    p = sub.add_parser("bench", help="benchmark training steps, generator and forward field; --profile paper: "
+                                      "what ./run_all.sh --profile paper costs on this GPU")
     p.add_argument("--profile", default="cpu",
-                   help="profile whose patch size and batch the training-step cases use; paper: the paper-scale "
-                        "rows for a GPU (six variants at 4 × 160³, MONAI reference, data path, generator, validation, "
-                        "projected wall time; on a CPU only the 320³ generator and forward field)")
+                   help="profile whose patch size and batch the training-step cases use; paper (needs a GPU): the "
+                        "paper-scale rows, decisive first: the six variants' steps at 4 × 160³, the data path "
+                        "(iteration with data / bare step), validation per epoch and where its maps are kept, memory "
+                        "on the card, evaluation per test map, the projected wall time of training, validation, "
+                        "evaluation and report per variant; then fp32 steps, MONAI, generator (on a CPU only the "
+                        "320³ generator and forward field)")
+    p.add_argument("--paper-rows", action="store_true",
+                   help="the rows of --profile paper at this --profile's sizes, on any device (smoke: a rehearsal of "
+                        "the GPU check on a CPU)")
     p.add_argument("--quick", action="store_true",
                    help="fewer repeats and cases, bf16 only where native (≤ 5 minutes on 2 cores, any CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object per case")
     p.add_argument("--no-monai", action="store_true", help="skip the MONAI BasicUNet reference")
-    p.add_argument("--save", action="store_true",
-                   help="also write the rows to results/bench/<card>-<date>.jsonl (commit GPU rows; the report shows them)")
+    p.add_argument("--save", nargs="?", const=True, default=False, metavar="FOLDER",
+                   help="also write the rows to results/bench/<card>-<date>.jsonl (or FOLDER), rewritten as each row "
+                        "is measured (commit GPU rows; the report shows them)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,14 +262,37 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _predict(args) -> int:
-    from qsmrep.run.predict import predict_nifti
+def _known_metrics(checkpoint) -> dict:
+    """The test NRMSE the metric tables know for ``checkpoint`` (its study's evaluation, the reference's variant)."""
+    from qsmrep.run.runfolder import load_checkpoint
+    from qsmrep.study.reference import known_test_metrics
 
-    info = predict_nifti(args.checkpoint, args.field, args.out, mask_path=args.mask, units=args.units, b0_tesla=args.b0,
-                         te_seconds=args.te, voxel_size=args.voxel_size, b0_dir=args.b0_dir, device=args.device,
-                         warn=lambda message: print(message, file=sys.stderr))
-    print(f"wrote {args.out}: shape {info['shape']}, voxel size {info['voxel_size']} mm, "
-          f"B0 direction {tuple(round(v, 3) for v in info['b0_dir'])}")
+    ckpt = load_checkpoint(checkpoint)
+    return known_test_metrics(checkpoint, Config.from_dict(ckpt["config"]), int(ckpt["epoch"]))
+
+
+def _predict(args) -> int:
+    from qsmrep.run.predict import predict_nifti, sidecar_path
+
+    notes = _known_metrics(args.checkpoint) if args.method == "network" and args.checkpoint else {}
+    record = predict_nifti(args.checkpoint, args.field, args.out, mask_path=args.mask, units=args.units,
+                           b0_tesla=args.b0, te_seconds=args.te, voxel_size=args.voxel_size, b0_dir=args.b0_dir,
+                           device=args.device, method=args.method, parameter=args.parameter, geometry=args.geometry,
+                           model_notes=notes, warn=lambda message: print(message, file=sys.stderr),
+                           say=lambda line: print(line, flush=True))
+    given = record["geometry"]["input"]
+    print(f"wrote {args.out}: shape {tuple(record['output']['shape'])}, voxel size "
+          f"{' × '.join(f'{round(v, 3):g}' for v in given['voxel_size_mm'])} mm, B0 "
+          f"{given['b0_angle_to_training_axis_deg']:.1f}° off the training axis; what was done: {sidecar_path(args.out)}")
+    return 0
+
+
+def _phantom(args) -> int:
+    from qsmrep.run.phantom_nifti import write_phantom
+
+    info = write_phantom(args.out, args.size, args.voxel_size, args.tilt, args.units, args.b0, args.te)
+    print(f"wrote {', '.join(str(p) for p in info['paths'].values())}: field in {args.units}, voxel size "
+          f"{' × '.join(f'{v:g}' for v in info['voxel_size'])} mm, B0 {info['b0_angle_deg']:.1f}° off the last axis")
     return 0
 
 
@@ -270,6 +333,15 @@ def _estimate(args) -> int:
     return 0
 
 
+def _publish_reference(args) -> int:
+    from qsmrep.study.reference import publish
+
+    target = publish(args.profile)
+    print(f"published results/{args.profile}/ and figures/{args.profile}/ into {target} (see {target}/PROVENANCE.json); "
+          "commit it to change the reference")
+    return 0
+
+
 def _offline_html(args) -> int:
     from qsmrep.run import files
     from qsmrep.study.html import external_references, make_offline
@@ -293,8 +365,9 @@ def _bench(args) -> int:
 
 
 #: subcommand → the function that runs it (ValueError: a one-line error, exit 2)
-COMMANDS = {"config": _config, "train": _train, "evaluate": _evaluate, "predict": _predict, "status": _status,
-            "job": _job, "estimate": _estimate, "offline-html": _offline_html, "bench": _bench}
+COMMANDS = {"config": _config, "train": _train, "evaluate": _evaluate, "predict": _predict, "phantom": _phantom,
+            "status": _status, "job": _job, "estimate": _estimate, "publish-reference": _publish_reference,
+            "offline-html": _offline_html, "bench": _bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,8 +8,11 @@ set -euo pipefail
 source "$(cd "$(dirname "$0")" && pwd)/ensure_env.sh"
 cd "$ROOT"
 PROFILE=${1:-cpu} ARMS=${2:-batch,none} SEEDS=${3:-4}
-RES=results/$PROFILE NB=results/$PROFILE/notebooks
-[ -f "$RES/metrics_per_map.csv" ] || { echo "error: no committed tables in $RES" >&2; exit 2; }
+RES=results/$PROFILE NB=results/$PROFILE/notebooks REF=reference/$PROFILE
+[ -f "$REF/metrics_per_map.csv" ] || { echo "error: no committed tables in $REF" >&2; exit 2; }
+# the reference's tables, benchmarks and figures into the (git-ignored) working folders, over what a run left there;
+# re-rendered there, then published back into $REF by the one command that writes it
+mkdir -p "$RES" "figures/$PROFILE" && cp "$REF"/*.csv "$RES"/ && cp -r "$REF/benchmarks" "$RES"/ && cp "$REF"/figures/* "figures/$PROFILE"/
 [ ! -f "$RES/arrays.npz" ] || echo "note: $RES/arrays.npz exists: a full re-evaluation (./run_all.sh) would redraw every figure" >&2
 mkdir -p "$NB"
 "$PY" -c "from qsmrep.run.config import Config; from qsmrep.study.rescore import rescore_baselines; \
@@ -22,4 +25,5 @@ done
 "$PY" -m nbconvert "$NB/30_report.ipynb" --to html --no-input --embed-images --CoalesceStreamsPreprocessor.enabled=True \
   --output-dir "$NB" --output report_raw --log-level WARN
 "$PY" -m qsmrep offline-html "$NB/report_raw.html" "$RES/report.html"
-echo "==> $RES/report.html re-rendered from the committed tables"
+"$PY" -m qsmrep publish-reference --profile "$PROFILE"
+echo "==> $REF/report.html re-rendered from the committed tables"

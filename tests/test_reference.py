@@ -1,9 +1,13 @@
-"""The committed reference results of the cpu profile: both arms present, and the report says what the CSVs say."""
+"""The committed reference results of the cpu profile (reference/cpu/): both arms present, the report says what the
+CSVs say; runs never write a tracked file, and publish-reference is the one way into reference/<profile>/."""
 
 from __future__ import annotations
 
 import html as html_lib
+import json
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -14,9 +18,11 @@ from qsmrep.run.config import Config
 from qsmrep.core.metrics import format_mean_sd
 from qsmrep.study.claims import evaluate_claims
 from qsmrep.study.html import external_references
+from qsmrep.study.reference import PROVENANCE, REQUIRED, publish
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS, FIGURES = ROOT / "results" / "cpu", ROOT / "figures" / "cpu"
+RESULTS = ROOT / "reference" / "cpu"
+FIGURES = RESULTS / "figures"
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +92,100 @@ def test_report_compares_the_arms_and_states_provenance(report):
     for text in ("What normalisation changes", "Diverged runs", "Accuracy guard of the fast precision", "Provenance",
                  "commit", "wall time", "trained at commit", "Precision / memory format used for training"):
         assert text in report, text
+
+
+def _git(*args) -> list[str]:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout")
+def test_runs_write_only_git_ignored_folders_and_the_reference_is_tracked():
+    written = [f"results/{p}/{name}" for p in registry.PROFILE_NAMES
+               for name in ("report.html", "metrics_summary.csv", "benchmarks/data.tsv", "runs/batch/elu16_s0/last.pt")]
+    written += [f"figures/{p}/fig1_activations.png" for p in registry.PROFILE_NAMES] + ["models/elu16/epoch_025.pt"]
+    ignored = _git("check-ignore", "--no-index", *written, "reference/cpu/report.html", "results/bench/card.jsonl")
+    assert sorted(ignored) == sorted(written)  # every run output ignored; the reference and the GPU rows are not
+    tracked = [name for name in _git("ls-files", "results", "figures") if (ROOT / name).exists()]  # a clean clone's
+    assert all(name.startswith("results/bench/") for name in tracked), tracked[:3]
+
+
+def _finished_study(root: Path, profile: str = "smoke") -> None:
+    """A project root holding the outputs of a finished study (files with known contents)."""
+    (root / "qsmrep").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("")
+    results, figures = root / "results" / profile, root / "figures" / profile
+    (results / "benchmarks" / "train").mkdir(parents=True)
+    figures.mkdir(parents=True)
+    for name in REQUIRED[1:]:
+        (results / name).write_text("arm,status\nbatch,finished\n" if name == "run_status.csv" else f"{name}\n")
+    (results / "benchmarks" / "train" / "runs_batch_elu16_s0.tsv").write_text("s\n1\n")
+    (results / "runs").mkdir()
+    (figures / "fig1_activations.png").write_bytes(b"png")
+    (results / "report.html").write_text("<html>report</html>")
+
+
+def test_publish_copies_a_finished_study_with_its_provenance_and_replaces_the_old_reference(tmp_path):
+    _finished_study(tmp_path)
+    stale = tmp_path / "reference" / "smoke" / "figures" / "fig9_gone.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
+    target = publish("smoke", tmp_path)
+    assert target == tmp_path / "reference" / "smoke" and not stale.exists()
+    assert (target / "report.html").read_text() == "<html>report</html>"
+    assert (target / "figures" / "fig1_activations.png").read_bytes() == b"png"
+    assert (target / "benchmarks" / "train" / "runs_batch_elu16_s0.tsv").exists()
+    provenance = json.loads((target / PROVENANCE).read_text())
+    assert provenance["runs"] == {"finished": 1} and provenance["arms"] == ["batch"]
+    import hashlib
+
+    for name, digest in provenance["sha256"].items():
+        assert hashlib.sha256((target / name).read_bytes()).hexdigest() == digest, name
+    assert set(provenance["sha256"]) == {str(p.relative_to(target)) for p in target.rglob("*")
+                                         if p.is_file() and p.name != PROVENANCE}
+    assert not list((tmp_path / "reference").glob(".smoke.*"))  # no staging or old copy left
+
+
+def test_publish_refuses_an_unfinished_study(tmp_path):
+    _finished_study(tmp_path)
+    report = tmp_path / "results" / "smoke" / "report.html"
+    table = tmp_path / "results" / "smoke" / "metrics_summary.csv"
+    os.utime(report, (1_000_000, 1_000_000))  # the report older than a table: it does not show that table
+    with pytest.raises(ValueError, match=r"\w+\.csv is newer than report\.html"):
+        publish("smoke", tmp_path)
+    table.unlink()
+    with pytest.raises(ValueError, match="metrics_summary.csv is missing"):
+        publish("smoke", tmp_path)
+    assert not (tmp_path / "reference").exists()
+
+
+def test_what_the_tables_know_about_a_checkpoint(tmp_path):
+    from qsmrep.study.plan import RunSpec
+    from qsmrep.study.reference import known_test_metrics
+
+    (tmp_path / "qsmrep").mkdir()
+    (tmp_path / "pyproject.toml").write_text("")
+    spec = RunSpec("cpu", "runs", "batch", "elu", 16, 0)
+    checkpoint = spec.folder(tmp_path) / "epoch_025.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"")
+    os.utime(checkpoint, (1_000_000, 1_000_000))  # written before the evaluation
+    own = pd.DataFrame({"label": ["batch/elu16_s0@25"] * 2 + ["batch/elu16_s0@5"], "nrmse": [40.0, 44.0, 70.0]})
+    own.to_csv(tmp_path / "results" / "cpu" / "metrics_per_map.csv", index=False)
+    reference = pd.DataFrame({"arm": ["batch"] * 4 + [""], "model": ["elu16"] * 4 + ["TKD"], "epoch": [25] * 4 + [0],
+                              "seed": [0, 1, 2, 3, 0], "nrmse": [41.0, 42.0, 43.0, 44.0, 20.0]})
+    (tmp_path / "reference" / "cpu").mkdir(parents=True)
+    reference.to_csv(tmp_path / "reference" / "cpu" / "metrics_per_map.csv", index=False)
+    notes = known_test_metrics(checkpoint, spec.config(), 25, tmp_path)
+    assert notes["test_nrmse_percent"] == pytest.approx(42.0)
+    assert notes["reference_test_nrmse_percent"] == pytest.approx(42.5) and notes["reference_seeds"] == 4
+    changed = known_test_metrics(checkpoint, spec.config(lr=1e-2), 25, tmp_path)
+    assert "reference_test_nrmse_percent" not in changed  # not trained as the reference was
+    os.utime(checkpoint)  # newer than the evaluation: its table is about an older checkpoint
+    assert "test_nrmse_percent" not in known_test_metrics(checkpoint, spec.config(), 25, tmp_path)
+
+
+def test_every_relative_link_of_the_readme_exists():
+    links = re.findall(r"\]\(([^)#]+)\)", (ROOT / "README.md").read_text(encoding="utf-8"))
+    local = [link for link in links if not re.match(r"\w+://", link)]
+    assert "reference/cpu/report.html" in local
+    assert [link for link in local if not (ROOT / link).exists()] == []

@@ -1,7 +1,7 @@
 """The commit of the code that produced a result, and whether that code had uncommitted changes.
 
-Changes under ``results/`` and ``figures/`` do not count: every run rewrites them, and they are
-committed after it."""
+Changes under ``results/``, ``figures/`` and ``reference/`` do not count: they are outputs (runs rewrite the first
+two, ``publish-reference`` the third, which is committed after it)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def git(root: str | Path | None, *args: str) -> str:
 
 def code_changes(root: str | Path | None = None) -> str:
     """``git status`` lines of tracked files with uncommitted changes, the run's own outputs aside."""
-    return git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results", ":(exclude)figures")
+    return git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results", ":(exclude)figures",
+               ":(exclude)reference")
 
 
 def code_commit(root: str | Path | None = None) -> str:
