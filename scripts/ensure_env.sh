@@ -19,11 +19,11 @@ print(" ".join(m for m in modules if importlib.util.find_spec(m) is None))
 PYEOF
 )
   [ -z "$MISSING" ] || { echo "error: QSMREP_NO_INSTALL=1, and $PY lacks: $MISSING (install them, or put them on PYTHONPATH)" >&2; exit 2; }
-  PRIVATE="$(mktemp -d)"  # this interpreter's "python" and kernel "qsmrep", for this run only
-  printf '#!/bin/sh\nexec "%s" "$@"\n' "$PY" > "$PRIVATE/python" && chmod +x "$PRIVATE/python"
-  export PATH="$PRIVATE:$PATH"  # the workflow's steps call "python"
-  "$PY" -m ipykernel install --prefix "$PRIVATE" --name qsmrep --display-name "Python (qsmrep)" >/dev/null \
-    && export JUPYTER_PATH="$PRIVATE/share/jupyter${JUPYTER_PATH:+:$JUPYTER_PATH}"
+  # this interpreter's kernel "qsmrep", in the checkout (where a cluster's nodes see it too), not in the user's
+  # Jupyter folders; one folder per interpreter; the workflow's steps run "$PY" itself (workflow/Snakefile)
+  KERNEL_PREFIX="$ROOT/.jupyter/$(printf %s "$PY" | sha256sum | cut -c1-12)"
+  "$PY" -m ipykernel install --prefix "$KERNEL_PREFIX" --name qsmrep --display-name "Python (qsmrep)" >/dev/null \
+    && export JUPYTER_PATH="$KERNEL_PREFIX/share/jupyter${JUPYTER_PATH:+:$JUPYTER_PATH}"
 else
   if [ ! -x "$VENV/bin/python" ]; then
     echo "==> creating Python environment $VENV"
@@ -31,14 +31,16 @@ else
   fi
   PY="$VENV/bin/python"
   STAMP="$VENV/.qsmrep-install"
-  WANT="$(sha256sum < "$ROOT/pyproject.toml" | cut -c1-16)"
+  WANT="$(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -c1-16)"
   if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     echo "==> installing qsmrep and its dependencies into $VENV (first run only)"
     "$PY" -m pip install --quiet --upgrade pip
-    "$PY" -m pip install --quiet -e "$ROOT[test,bench]"
-    "$PY" -m ipykernel install --sys-prefix --name qsmrep --display-name "Python (qsmrep)" >/dev/null
+    "$PY" -m pip install --quiet -e "$ROOT[reproduce,test,bench]" -c "$ROOT/constraints.txt"  # the lock's exact versions
     echo "$WANT" > "$STAMP"
   fi
-  export PATH="$VENV/bin:$PATH"  # the workflow's steps call "python": this environment's
+  # the notebooks' kernel inside the venv (share/jupyter/kernels/qsmrep), which the workflow names on every node
+  [ -f "$VENV/share/jupyter/kernels/qsmrep/kernel.json" ] \
+    || "$PY" -m ipykernel install --sys-prefix --name qsmrep --display-name "Python (qsmrep)" >/dev/null
+  export PATH="$VENV/bin:$PATH"  # this environment's tools first (jupyter, snakemake)
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"

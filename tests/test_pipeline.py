@@ -35,12 +35,16 @@ def _names(requirements) -> dict[str, str]:
 
 
 def test_environment_yml_matches_pyproject():
+    """environment.yml is the reproduction's environment: the library's dependencies and every extra, each with
+    pyproject's range, or the exact version of the lock (constraints.txt) where it pins one; pins live only there."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    extras = project["optional-dependencies"]
-    wanted = _names(project["dependencies"] + extras["test"] + extras["bench"])
+    ranges = _names(project["dependencies"] + [item for extra in project["optional-dependencies"].values() for item in extra])
+    lock = _names(line for line in (ROOT / "constraints.txt").read_text().splitlines() if line and not line.startswith("#"))
+    assert lock and all("==" in pin for pin in lock.values()) and set(lock) <= set(ranges)
+    assert not [item for item in ranges.values() if "==" in item], "exact pins belong in constraints.txt"
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
-    assert _names(pip_section) == wanted
+    assert _names(pip_section) == {**ranges, **lock}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -242,27 +246,29 @@ def test_run_all_rejects_bad_options():
 
 
 def _source_ensure_env(tmp_path, python: str, then: str) -> subprocess.CompletedProcess:
-    """Source scripts/ensure_env.sh with QSMREP_NO_INSTALL=1 and ``python``, then run the shell line ``then``."""
+    """Source a copy of scripts/ensure_env.sh (in ``tmp_path/project``) with QSMREP_NO_INSTALL=1 and ``python``, then
+    run the shell line ``then``."""
+    script = tmp_path / "project" / "scripts" / "ensure_env.sh"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(ROOT / "scripts" / "ensure_env.sh", script)
     env = {**os.environ, "QSMREP_NO_INSTALL": "1", "QSMREP_PYTHON": python, "QSMREP_VENV": str(tmp_path / "venv"),
            "HOME": str(tmp_path / "home")}
     env.pop("JUPYTER_PATH", None)
-    return subprocess.run(["bash", "-c", f'source "{ROOT}/scripts/ensure_env.sh" && {then}'], env=env,
+    return subprocess.run(["bash", "-c", f'source "{script}" && {then}'], env=env,
                           capture_output=True, text=True, timeout=120)
 
 
-def test_no_install_mode_runs_the_given_python_with_a_private_kernel(tmp_path):
-    """The lent GPU machine's way (its own torch, no internet): no venv, no pip; the workflow's "python" and the
-    notebooks' kernel "qsmrep" are that interpreter, registered for this run only (not in the user's Jupyter dirs)."""
-    result = _source_ensure_env(tmp_path, sys.executable,
-                                'echo "PY=$PY"; python -c "import sys; print(\'python=\' + sys.executable)"; '
-                                '"$PY" -m jupyter kernelspec list --json')
+def test_no_install_mode_runs_the_given_python_with_a_kernel_in_the_checkout(tmp_path):
+    """The lent GPU machine's way (its own torch, no internet): no venv, no pip; the notebooks' kernel "qsmrep" is
+    that interpreter, registered inside the checkout (where a cluster's nodes see it too: not in a temporary folder
+    of the submitting machine, not in the user's Jupyter dirs)."""
+    result = _source_ensure_env(tmp_path, sys.executable, 'echo "PY=$PY"; "$PY" -m jupyter kernelspec list --json')
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert f"PY={sys.executable}" in lines and f"python={sys.executable}" in lines
+    assert f"PY={sys.executable}" in result.stdout.splitlines()
     specs = json.loads(result.stdout[result.stdout.index("{"):])["kernelspecs"]
     kernel = specs["qsmrep"]
     assert kernel["spec"]["argv"][0] == sys.executable
-    assert not kernel["resource_dir"].startswith(str(tmp_path / "home")) and "venv" not in kernel["resource_dir"]
+    assert Path(kernel["resource_dir"]).is_relative_to(tmp_path / "project" / ".jupyter")
     assert not (tmp_path / "venv").exists() and not list((tmp_path / "home").rglob("kernels"))
 
 
@@ -292,3 +298,94 @@ def test_workflow_training_reports_its_epochs(tmp_path, capsys):
     assert "train runs/batch/elu16_s0: epoch 1/10, val NRMSE 49.0 %" in lines
     assert "train runs/batch/elu16_s0: epoch 2/10, val NRMSE 48.0 %" in lines
     assert len(lines) == 2  # each epoch once
+
+
+def _dry_run_jobs(tmp_path) -> list[dict]:
+    """The smoke study's jobs as a Snakemake dry run plans them: rule, resources and shell command of each."""
+    project = _copy_project(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", "workflow/Snakefile", "--directory", ".",
+                             "--cores", "2", "--dry-run", "--printshellcmds", "--config", "profile=smoke",
+                             "arms=batch,none"], cwd=project, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(project)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", result.stdout)[1:]:
+        resources = re.search(r"resources: (.*)", block)
+        command = re.search(r"^Shell command: (.*)", block, flags=re.M)
+        wildcards = re.search(r"wildcards: (.*)", block)
+        jobs.append({"rule": re.match(r"(?:local)?rule (\w+):", block).group(1),
+                     "resources": dict(re.findall(r"(\w+)=([^,\s]+)", resources.group(1))) if resources else {},
+                     "wildcards": wildcards.group(1) if wildcards else "", "shell": command.group(1) if command else ""})
+    return jobs
+
+
+def test_every_step_names_its_interpreter_and_asks_for_memory_and_time(tmp_path):
+    """Every step runs the workflow's own interpreter (not a "python" from PATH) and declares mem_mb and runtime; the
+    trainings ask for more (SLURM reads mem_mb as MiB) than sacct measured on a one-node SLURM cluster at the smoke
+    profile (the job's Snakemake and its step together: 16 channels ≤ 1730 MiB, 32 channels ≤ 2405 MiB), and so
+    does evaluation (≤ 1408 MiB)."""
+    jobs = [job for job in _dry_run_jobs(tmp_path) if job["rule"] != "all"]
+    assert {job["rule"] for job in jobs} == {"data", "train", "evaluate", "figure1", "figure2", "figure3", "figure4", "report"}
+    for job in jobs:
+        assert job["shell"].startswith(f"{sys.executable} -m "), job["shell"]
+        assert not re.search(r"(^|[;&|(] *)python3? ", job["shell"]), job["shell"]
+        assert int(job["resources"]["mem_mb"]) > 0 and int(job["resources"]["runtime"]) > 0, job
+        assert job["resources"].get("gpu", "0") == "0"  # no GPU for the CPU-sized smoke profile
+    memory = {job["wildcards"]: int(job["resources"]["mem_mb"]) for job in jobs if job["rule"] == "train"}
+    assert len(memory) == 12
+    for name, mib in memory.items():
+        assert mib > (2405 if "32_s" in name else 1730), (name, mib)
+    evaluation = next(job for job in jobs if job["rule"] == "evaluate")
+    assert int(evaluation["resources"]["mem_mb"]) > 1408
+
+
+def test_notebook_steps_find_the_kernel_of_their_own_interpreter(tmp_path, monkeypatch):
+    """A kernel "qsmrep" of another interpreter in the user's Jupyter folder does not capture the workflow's steps:
+    the interpreter's own one (``<prefix>/share/jupyter``) comes first; without one, a one-line error names both."""
+    from qsmrep.study.jobs import KERNEL, use_own_kernel
+
+    def kernel(folder: Path, python: str) -> Path:
+        spec = folder / "share" / "jupyter" / "kernels" / KERNEL
+        spec.mkdir(parents=True)
+        (spec / "kernel.json").write_text(json.dumps({"argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                                                      "display_name": "x", "language": "python"}))
+        return spec
+
+    decoy = kernel(tmp_path / "user", "/opt/other/bin/python")
+    monkeypatch.setenv("JUPYTER_PATH", str(decoy.parents[1]))
+    own = kernel(tmp_path / "venv", str(tmp_path / "venv" / "bin" / "python"))
+    assert use_own_kernel(str(tmp_path / "venv" / "bin" / "python"), str(tmp_path / "venv")) == own
+    monkeypatch.setenv("JUPYTER_PATH", str(decoy.parents[1]))
+    with pytest.raises(ValueError, match="starts /opt/other/bin/python"):
+        use_own_kernel(str(tmp_path / "bare" / "bin" / "python"), str(tmp_path / "bare"))
+
+
+def _slurm_daemons() -> set[int]:
+    """PIDs of the processes a SLURM cluster of this machine runs (munge, MariaDB, the SLURM daemons and job steps)."""
+    names = {"munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd", "slurmstepd"}
+    return {int(p.parent.name) for p in Path("/proc").glob("[0-9]*/comm") if p.exists() and
+            _read(p) in names}
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:  # the process ended meanwhile
+        return ""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("QSMREP_SLURM_TEST") != "1",
+                    reason="builds a one-node SLURM cluster (root, apt-get; ~12 min): set QSMREP_SLURM_TEST=1")
+def test_study_on_a_one_node_slurm_cluster(tmp_path):
+    """scripts/slurm_local.sh from a copy of the project (what a clone holds): every check passes (the smoke study as
+    SLURM jobs with memory requests above their peaks and time limits, a cancelled training fails the workflow
+    promptly and the same command resumes it, a rerun does nothing), and no daemon of its own is left running."""
+    project = _copy_project(tmp_path)
+    before = _slurm_daemons()
+    result = subprocess.run(["bash", "scripts/slurm_local.sh"], cwd=project, capture_output=True, text=True,
+                            timeout=2400, env={**os.environ, "QSMREP_VENV": sys.prefix})
+    log = result.stdout + result.stderr
+    assert result.returncode == 0 and "FAIL" not in log, log[-5000:]
+    assert len(re.findall(r"^ok    ", log, flags=re.M)) == 8, log[-5000:]
+    assert "none is left" in log and _slurm_daemons() <= before

@@ -9,6 +9,11 @@ on ``results/<profile>/.gpu/gpu<k>.lock`` for the whole job, and the notebook se
 (``CUDA_VISIBLE_DEVICES``). Snakemake's ``gpu`` resource keeps the number of concurrent trainings at
 most the number of GPUs; the locks decide which GPU each one gets, so no two share one. Locks of a
 killed job are released by the kernel.
+
+Every notebook step runs in the Jupyter kernel :data:`KERNEL` of the workflow's own interpreter
+(:func:`use_own_kernel`), and every step asks a cluster scheduler for what it needs: host memory
+(:func:`training_memory_mb`, :func:`evaluation_memory_mb`, :data:`NOTEBOOK_MB`) and a wall-time limit
+(:func:`runtime_minutes`).
 """
 
 from __future__ import annotations
@@ -21,8 +26,96 @@ import sys
 import time
 from pathlib import Path
 
+from qsmrep.run.config import Config
+from qsmrep.run.data import map_bytes
 from qsmrep.run.runfolder import RunFolder
+from qsmrep.study.estimate import training_memory_bytes
 from qsmrep.study.plan import RunSpec, project_root, results_dir
+
+#: the Jupyter kernel of every notebook step (scripts/ensure_env.sh registers it for the workflow's interpreter)
+KERNEL = "qsmrep"
+MB = 10**6
+#: host memory of a step's processes before its arrays (MB; SLURM reads it as MiB): on a cluster node the job's own
+#: Snakemake, then papermill, the kernel and, for a training, the job itself, each with torch loaded. sacct's MaxRSS
+#: (batch step + job step) at the smoke profile, arrays of ~0.1 GB: 16-channel trainings 1664–1730 MiB, evaluation
+#: 1408, the other notebooks 941–1130 (two runs)
+PROCESS_MB = 2000
+#: what a notebook step without large arrays asks for (data, figures, report, sweep: MB)
+NOTEBOOK_MB = 2000
+#: host memory a CUDA context adds to a training on a GPU (MB; the CUDA, cuDNN and cuBLAS libraries; not measured here)
+CUDA_HOST_MB = 3000
+#: factor on the arrays: the 32-channel smoke trainings (2296–2405 MiB) held 2.2× the estimate's difference to the
+#: 16-channel ones above them (oneDNN buffers, allocator caches; the estimate itself claims ±30 %)
+ARRAY_MARGIN = 2.5
+#: wall-time limits (minutes) per profile: (a training, any other step). Measured: smoke trainings ~1 min on 2 cores;
+#: cpu trainings 2–7 min (bf16), 11–12 min (fp32 twins), about twice that on an AVX2-only CPU, evaluation 8 min
+RUNTIME_MINUTES = {"smoke": (20, 20), "cpu": (90, 60), "gpu": (60, 60), "paper": (720, 240)}
+
+
+def training_memory_mb(config: Config, on_gpu: bool = False) -> int:
+    """Host memory (MB) a training of ``config`` asks for: :data:`PROCESS_MB` + :data:`ARRAY_MARGIN` × arrays.
+
+    On a CPU the arrays are the training step (:func:`qsmrep.study.estimate.training_memory_bytes` in fp32, the
+    larger of the two precisions), the cached training maps and the validation maps (``map_bytes`` each); on a GPU
+    these live on the card, and the host holds the CUDA context (:data:`CUDA_HOST_MB`) and, at most, the
+    validation maps (pinned, where they would take over a quarter of the card)."""
+    maps = config.n_val * map_bytes(config.map_size)
+    if on_gpu:
+        return int(PROCESS_MB + CUDA_HOST_MB + ARRAY_MARGIN * maps / MB)
+    cached = config.n_train * map_bytes(config.map_size) if config.cache_maps else 0
+    step = training_memory_bytes(config.replace(precision="fp32"))
+    return int(PROCESS_MB + ARRAY_MARGIN * (step + cached + maps) / MB)
+
+
+def inference_bytes(config: Config) -> int:
+    """Bytes of one forward pass without autograd on a full map (batch 1, fp32): four times its widest tensor, the
+    top level's concatenation of 2C channels (there the skip tensor C, the upsampled C, their concatenation 2C and
+    a convolution's output C coexist, 2.5 × the widest; the deeper levels add an eighth each)."""
+    return 4 * 2 * config.initial_channels * config.map_size**3 * 4
+
+
+def evaluation_memory_mb(configs: list[Config]) -> int:
+    """Host memory (MB) of the evaluation of ``configs`` (the study's runs, one profile): :data:`PROCESS_MB` +
+    :data:`ARRAY_MARGIN` × (the widest model's forward pass on a full map, :func:`inference_bytes`, plus the
+    validation maps the baselines are tuned on and the clean and noisy test maps, ``map_bytes`` each)."""
+    config = max(configs, key=lambda c: c.initial_channels)
+    maps = (config.n_val + 2 * config.n_test) * map_bytes(config.map_size)
+    return int(PROCESS_MB + ARRAY_MARGIN * (inference_bytes(config) + maps) / MB)
+
+
+def runtime_minutes(profile: str, training: bool) -> int:
+    """The wall-time limit (minutes) a step of ``profile`` asks for: :data:`RUNTIME_MINUTES`."""
+    return RUNTIME_MINUTES[profile][0 if training else 1]
+
+
+def _kernel_python(argv0: str) -> Path:
+    """An interpreter's path with its folder resolved and its own name kept (a venv's python is a symlink to the
+    base interpreter: resolving it whole would make every venv of that interpreter look the same)."""
+    path = Path(argv0)
+    return path.parent.resolve() / path.name
+
+
+def use_own_kernel(python: str = sys.executable, prefix: str = sys.prefix) -> Path:
+    """Make the notebook steps of this process and its children run in kernel :data:`KERNEL` of ``python``.
+
+    Puts ``<prefix>/share/jupyter`` (where ``ipykernel install --sys-prefix`` registers a venv's kernel) first on
+    ``JUPYTER_PATH``, ahead of the user's own kernels, then checks that the kernel found starts ``python``; its
+    folder. ValueError when it is missing or starts another interpreter (on a cluster node: the step would fail,
+    or run in another environment)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    own = os.path.join(prefix, "share", "jupyter")
+    paths = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p and p != own]
+    os.environ["JUPYTER_PATH"] = os.pathsep.join([own, *paths])
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL)
+    except NoSuchKernel:
+        raise ValueError(f"no Jupyter kernel {KERNEL!r} here for {python}: source scripts/ensure_env.sh "
+                         f"(it registers one)") from None
+    if _kernel_python(spec.argv[0]) != _kernel_python(python):
+        raise ValueError(f"Jupyter kernel {KERNEL!r} ({spec.resource_dir}) starts {spec.argv[0]}, the workflow runs "
+                         f"{python}: source scripts/ensure_env.sh with the same interpreter")
+    return Path(spec.resource_dir)
 
 
 @contextlib.contextmanager
@@ -88,7 +181,7 @@ def train_job(profile: str, key: str, force: bool = False, gpus: int = 0) -> int
     stem = key.replace("/", "_")
     log = notebooks / f"train_{stem}.log"
     command = [sys.executable, "-m", "papermill", str(root / "notebooks" / "10_train.ipynb"),
-               str(notebooks / f"10_train_{stem}.ipynb"), "-k", "qsmrep", "--cwd", str(root), "--log-output",
+               str(notebooks / f"10_train_{stem}.ipynb"), "-k", KERNEL, "--cwd", str(root), "--log-output",
                "--no-progress-bar", "-p", "profile", profile, "-p", "key", spec.key, "-p", "force", str(force)]
     started = time.monotonic()
     with gpu_slot(results_dir(profile) / ".gpu", gpus) as gpu:
