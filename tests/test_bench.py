@@ -355,3 +355,16 @@ def test_bench_modules_and_functions_stay_small():
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 assert node.end_lineno - node.lineno + 1 <= 60, (path, node.name)
+
+
+def test_cpu_peak_is_cores_times_clock_times_the_best_instruction():
+    from qsmrep.bench.cpu_peak import cpu_peak
+
+    amx = "processor\t: 0\ncpu MHz\t\t: 2600.000\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    zen4 = amx.replace(" amx_bf16 amx_tile", "")
+    avx2 = "cpu MHz\t\t: 3000.000\nflags\t\t: fpu avx2 fma\n"
+    assert cpu_peak("bf16", amx, cores=2)["peak_tflops"] == pytest.approx(2 * 2.6e9 * 2048 / 1e12)
+    assert cpu_peak("fp32", amx, cores=2)["peak_tflops"] == pytest.approx(2 * 2.6e9 * 64 / 1e12)
+    assert cpu_peak("bf16", zen4, cores=2)["peak_tflops"] == pytest.approx(2 * 2.6e9 * 128 / 1e12)
+    assert cpu_peak("bf16", avx2, cores=1)["peak_basis"] == "1 cores × 3.00 GHz × 32 FLOP/cycle (avx2)"
+    assert cpu_peak("fp32", "flags\t: avx2\n") is None  # no clock: no peak rather than a guess

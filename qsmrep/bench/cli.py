@@ -219,14 +219,15 @@ def _figure_text(row: dict) -> str:
 
 def summary_table(rows: list[dict]) -> str:
     """A plain-text table of ``rows`` (one line per case; the headline figure with its unit last)."""
-    header = ["case", "variant", "patch", "precision", "memory_format", "s/iter", "Mvoxel/s", "GFLOP/s", "peak MiB",
-              "figure"]
+    header = ["case", "variant", "patch", "precision", "memory_format", "s/iter", "Mvoxel/s", "GFLOP/s", "% peak",
+              "peak MiB", "figure"]
     lines = [header]
     for r in rows:
         lines.append([
             str(r.get("case")), _fmt(r.get("variant")), _fmt(r.get("patch")), _fmt(r.get("precision")),
             _fmt(r.get("memory_format")), _fmt(r.get("seconds_per_iter"), ".4g"),
             _fmt(r["voxels_per_s"] / 1e6 if r.get("voxels_per_s") else None, ".4g"), _fmt(r.get("gflops_per_s"), ".4g"),
+            _fmt(100 * r["fraction_of_peak"] if r.get("fraction_of_peak") else None, ".2g"),
             _fmt(r.get("peak_mem_mb"), ".0f"), _figure_text(r),
         ])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
@@ -234,6 +235,9 @@ def summary_table(rows: list[dict]) -> str:
     kinds = sorted({r["peak_mem_kind"] for r in rows if r.get("peak_mem_kind")})
     if kinds:
         out.append(f"peak MiB: {'; '.join(kinds)}. GFLOP/s: network forward+backward FLOPs (FlopCounterMode) / s.")
+    bases = sorted({f"{r['precision']}: {r['peak_basis']}" for r in rows if r.get("peak_basis")})
+    if bases:
+        out.append(f"% peak: of the cores' arithmetic peak ({'; '.join(bases)}; qsmrep.bench.cpu_peak).")
     return "\n".join(out)
 
 

@@ -18,7 +18,9 @@ activation and normalisation; no dropout, transposed-convolution upsampling):
 * ``peak_mem_mb``: CUDA max-allocated on a GPU; on a CPU each case runs in a fresh worker process
   (forkserver) and this is that process's peak RSS, ``peak_mem_increase_mb`` its increase over the
   idle worker (MiB);
-* ``loss``: the total loss of the last timed step.
+* ``loss``: the total loss of the last timed step;
+* on a CPU, ``tflops_per_s`` and ``fraction_of_peak`` of the cores' arithmetic peak for the case's precision
+  (``peak_basis``: cores × clock × FLOP per cycle, :mod:`qsmrep.bench.cpu_peak`).
 
 ``monai_ratio`` rows (:func:`speed_ratio_rows`): MONAI fp32 seconds / our fastest setting's seconds at
 the same variant and patch (target of issue 6: ≥ :data:`SPEED_TARGET`).
@@ -38,6 +40,7 @@ from qsmrep.core.unet import ACTIVATIONS, UNet3D
 from qsmrep.run import runtime
 from qsmrep.run.config import Config
 from qsmrep.run.step import StepResult, TrainingStep
+from qsmrep.bench.cpu_peak import cpu_peak
 from qsmrep.bench.rows import make_row
 from qsmrep.bench.timing import PeakMemory, timed
 
@@ -254,6 +257,18 @@ def run_step_case(spec: StepSpec, isolate: bool | None = None) -> dict:
                peak_mem_increase_mb=result["peak_mem_increase_mb"], peak_mem_kind=result["peak_mem_kind"],
                gflop_per_iter=flops / 1e9, seconds_min=min(result["times"]), warmup_used=len(result["warmup_times"]),
                loss=result["loss"], figure="seconds_per_iter", value=seconds, unit="s/iter")
+    if device.type == "cpu":
+        row.update(cpu_peak_fraction(row["gflops_per_s"], spec.precision))
+    return row
+
+
+def cpu_peak_fraction(gflops_per_s: float, precision: str) -> dict:
+    """``tflops_per_s``, ``fraction_of_peak`` and ``peak_basis`` of a CPU step (:mod:`qsmrep.bench.cpu_peak`)."""
+    peak = cpu_peak(precision)
+    row = {"tflops_per_s": gflops_per_s / 1000}
+    if peak:
+        row.update(fraction_of_peak=row["tflops_per_s"] / peak["peak_tflops"], peak_tflops=peak["peak_tflops"],
+                   peak_basis=peak["peak_basis"])
     return row
 
 

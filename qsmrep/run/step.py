@@ -22,7 +22,6 @@ the device too, by the trainer's policy ``nonfinite``:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -40,9 +39,14 @@ def make_optimizer(config, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def clip_and_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
-    """The gradient's global L2 norm before clipping; clips it to ``max_norm`` when that is > 0."""
-    parameters = [p for p in model.parameters() if p.grad is not None]
-    return torch.nn.utils.clip_grad_norm_(parameters, max_norm if max_norm > 0 else math.inf)
+    """The gradient's global L2 norm ‖g‖₂ = ‖(‖g_p‖₂)_p‖₂ before clipping (one multi-tensor pass); when ``max_norm``
+    is > 0 the gradients are scaled by min(1, max_norm / (‖g‖₂ + 1e-6)), as ``clip_grad_norm_`` does (without
+    clipping they are left alone: no pass multiplying them by 1)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    if max_norm > 0:
+        torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+    return norm
 
 
 @dataclass
