@@ -10,13 +10,15 @@ cd "$ROOT"
 PROFILE=${1:-cpu} ARMS=${2:-batch,none} SEEDS=${3:-4}
 RES=results/$PROFILE NB=results/$PROFILE/notebooks REF=reference/$PROFILE
 [ -f "$REF/metrics_per_map.csv" ] || { echo "error: no committed tables in $REF" >&2; exit 2; }
+# the scale the tables were made at (its maps, epochs, early checkpoint), which the profile may no longer have
+[ -f "$REF/study_config.yaml" ] || { echo "error: $REF/study_config.yaml is missing: the tables' scale is unknown" >&2; exit 2; }
 # the reference's tables, benchmarks and figures into the (git-ignored) working folders, over what a run left there;
 # re-rendered there, then published back into $REF by the one command that writes it
-mkdir -p "$RES" "figures/$PROFILE" && cp "$REF"/*.csv "$RES"/ && cp -r "$REF/benchmarks" "$RES"/ && cp "$REF"/figures/* "figures/$PROFILE"/
+mkdir -p "$RES" "figures/$PROFILE" && cp "$REF"/*.csv "$REF"/study_config.yaml "$RES"/ && cp -r "$REF/benchmarks" "$RES"/ && cp "$REF"/figures/* "figures/$PROFILE"/
 [ ! -f "$RES/arrays.npz" ] || echo "note: $RES/arrays.npz exists: a full re-evaluation (./run_all.sh) would redraw every figure" >&2
 mkdir -p "$NB"
-"$PY" -c "from qsmrep.run.config import Config; from qsmrep.study.rescore import rescore_baselines; \
-print('baselines chosen on the validation maps:', rescore_baselines('$RES', Config.from_profile('$PROFILE')))"
+"$PY" -c "from qsmrep.study.plan import study_config; from qsmrep.study.rescore import rescore_baselines; \
+print('baselines chosen on the validation maps:', rescore_baselines('$RES', study_config('$PROFILE')))"
 for notebook in 21_fig2_convergence 30_report; do
   extra=(-p arms "$ARMS"); [ "$notebook" = 30_report ] && extra+=(-p seeds "$SEEDS")
   "$PY" -m papermill "notebooks/$notebook.ipynb" "$NB/$notebook.ipynb" -k qsmrep --cwd . --log-output --no-progress-bar \

@@ -18,6 +18,7 @@ from qsmrep.run.config import Config
 from qsmrep.core.metrics import format_mean_sd
 from qsmrep.study.claims import evaluate_claims
 from qsmrep.study.html import external_references
+from qsmrep.study.plan import STUDY_CONFIG, study_config
 from qsmrep.study.reference import PROVENANCE, REQUIRED, publish
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +75,8 @@ def test_report_numbers_match_the_csv_tables(report):
 
 @pytest.mark.parametrize("arm", registry.ARMS)
 def test_each_arm_has_verdicts_that_follow_from_the_csv_tables(report, arm):
-    config = Config.from_profile("cpu")
+    config = Config.load(RESULTS / "study_config.yaml")  # the reference's own scale, whatever the profile is now
+    assert config.epochs == pd.read_csv(RESULTS / "histories.csv").epoch.max()
     of_arm = lambda t: t[t.arm == arm]  # noqa: E731
     claims = evaluate_claims(of_arm(pd.read_csv(RESULTS / "histories.csv")), of_arm(pd.read_csv(RESULTS / "metrics_per_map.csv")),
                              config.early, config.epochs, of_arm(pd.read_csv(RESULTS / "costs.csv")),
@@ -122,6 +124,7 @@ def _finished_study(root: Path, profile: str = "smoke") -> None:
     (results / "runs").mkdir()
     (figures / "fig1_activations.png").write_bytes(b"png")
     (results / "report.html").write_text("<html>report</html>")
+    (results / STUDY_CONFIG).write_text(Config.from_profile("smoke", epochs=7).to_yaml())
 
 
 def test_publish_copies_a_finished_study_with_its_provenance_and_replaces_the_old_reference(tmp_path):
@@ -143,6 +146,17 @@ def test_publish_copies_a_finished_study_with_its_provenance_and_replaces_the_ol
     assert set(provenance["sha256"]) == {str(p.relative_to(target)) for p in target.rglob("*")
                                          if p.is_file() and p.name != PROVENANCE}
     assert not list((tmp_path / "reference").glob(".smoke.*"))  # no staging or old copy left
+    assert Config.load(target / STUDY_CONFIG).epochs == 7  # the tables' own scale travels with them
+
+
+def test_tables_are_read_at_the_scale_they_were_made_at(tmp_path):
+    (tmp_path / "qsmrep").mkdir()
+    (tmp_path / "pyproject.toml").write_text("")
+    assert study_config("cpu", tmp_path) == Config.from_profile("cpu")  # no record: the profile as it is now
+    made_at = Config.from_profile("cpu", epochs=25, early_epoch=5, n_train=64, synth={"sigma": (0.5 / 320, 3 / 320)})
+    (tmp_path / "results" / "cpu").mkdir(parents=True)
+    (tmp_path / "results" / "cpu" / STUDY_CONFIG).write_text(made_at.to_yaml())
+    assert study_config("cpu", tmp_path) == made_at
 
 
 def test_publish_refuses_an_unfinished_study(tmp_path):

@@ -2,14 +2,14 @@
 folder's ``history.csv``), and whether it is only a smoke-scale model that tests a set-up.
 
 A model is *smoke-scale* when its profile is ``smoke`` or it has seen fewer training iterations than the smallest
-model of the reference study, the ``cpu`` profile's early checkpoint (epoch 5 × 16 iterations = 80).
+model of the reference study, the ``cpu`` profile's early checkpoint (its ``early_epoch`` × iterations per epoch).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from qsmrep.run.config import PROFILES, Config
+from qsmrep.run.config import Config
 from qsmrep.run.runfolder import RunFolder
 
 #: the command that makes a model worth applying (README, "Own data")
@@ -18,15 +18,15 @@ TRAIN_COMMAND = "python -m qsmrep train --profile cpu --out models/elu16"
 
 def smallest_reference_iterations() -> int:
     """Training iterations of the reference study's smallest model: the ``cpu`` profile's early checkpoint."""
-    cpu = PROFILES["cpu"]
-    return cpu["early_epoch"] * cpu["iters_per_epoch"]
+    cpu = Config.from_profile("cpu")
+    return cpu.early * cpu.iterations
 
 
 def describe(checkpoint: str | Path, config: Config, epoch: int) -> dict:
     """The checkpoint's model, training scale and validation NRMSE (percent, None where its history is absent)."""
     history = RunFolder(Path(checkpoint).parent).history()
     rows = history[history.epoch == epoch] if len(history) else history
-    iterations = epoch * config.iters_per_epoch
+    iterations = epoch * config.iterations
     return {
         "checkpoint": str(checkpoint), "variant": config.variant, "arm": config.arm, "seed": config.seed,
         "profile": config.profile, "epoch": int(epoch), "epochs": config.epochs, "iterations": iterations,

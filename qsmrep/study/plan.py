@@ -12,6 +12,8 @@ Layout (relative to the project root)::
     results/<profile>/metrics_per_map.csv, metrics_summary.csv, metrics_phantom.csv   test metrics (qsmrep.run.evaluate)
     results/<profile>/arrays.npz                                   ground truth and predictions for the figures
     results/<profile>/report.html                                  the rendered report
+    results/<profile>/study_config.yaml                            the profile's configuration the study was evaluated
+                                                                   with (study_config: tables read with their own scale)
     results/bench/<card>-<date>.jsonl                              committed benchmark rows (GPU measurements)
     figures/<profile>/fig*.png|svg                                 the figures
     reference/<profile>/                                           the committed reference: tables, report, figures/,
@@ -54,6 +56,19 @@ def results_dir(profile: str, root: str | Path | None = None) -> Path:
 
 def figures_dir(profile: str, root: str | Path | None = None) -> Path:
     return project_root(root) / "figures" / profile
+
+
+#: the file of a profile's results (and reference) that records the configuration its tables were made with
+STUDY_CONFIG = "study_config.yaml"
+
+
+def study_config(profile: str, root: str | Path | None = None) -> Config:
+    """The configuration the tables of ``results/<profile>/`` were made with (:data:`STUDY_CONFIG`, written by the
+    evaluation and kept with a published reference), so that figures, claims and re-scored baselines use the
+    study's own scale (epochs, early checkpoint, generator) after the profile changed; the profile's current
+    configuration where the file is absent."""
+    path = results_dir(profile, root) / STUDY_CONFIG
+    return Config.load(path) if path.is_file() else Config.from_profile(profile)
 
 
 def reference_dir(profile: str, root: str | Path | None = None) -> Path:

@@ -22,7 +22,7 @@ import pandas as pd
 from qsmrep.run.config import EXECUTION_FIELDS, Config
 from qsmrep.run.gitinfo import code_commit
 from qsmrep.study.collect import trained_commits
-from qsmrep.study.plan import RunSpec, checkpoint_label, figures_dir, reference_dir, results_dir
+from qsmrep.study.plan import STUDY_CONFIG, RunSpec, checkpoint_label, figures_dir, reference_dir, results_dir
 
 #: what a finished study has written before it can be published
 REQUIRED = ("report.html", "metrics_per_map.csv", "metrics_summary.csv", "histories.csv", "run_status.csv")
@@ -33,6 +33,8 @@ def _files_to_publish(profile: str, root) -> dict[str, Path]:
     """Relative name in the reference → source file."""
     results, figures = results_dir(profile, root), figures_dir(profile, root)
     chosen = {p.name: p for p in sorted(results.glob("*.csv"))}
+    if (results / STUDY_CONFIG).is_file():
+        chosen[STUDY_CONFIG] = results / STUDY_CONFIG
     chosen["report.html"] = results / "report.html"
     chosen.update({str(p.relative_to(results)): p for p in sorted((results / "benchmarks").rglob("*.tsv"))})
     chosen.update({f"figures/{p.name}": p for p in sorted(figures.glob("*")) if p.suffix in (".png", ".svg")})
