@@ -178,3 +178,17 @@ def test_cuda_requested_without_a_gpu_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(runtime.torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="device: 'cuda' requested but no CUDA device"):
         runtime.resolve(Config.from_profile("smoke", device="cuda"))
+
+
+def test_the_scale_table_gives_each_setting_here_and_in_the_paper_and_why_only_at_the_current_scale():
+    from qsmrep.study.scale import scale_table
+
+    cpu = Config.from_profile("cpu")
+    table = scale_table(cpu).set_index("setting")
+    # σ in voxels = fraction × map size: the paper-scale generator's 0.5–3 voxels at both scales
+    assert table.loc["synth.sigma", "here"] == table.loc["synth.sigma", "paper"] == "σ 0.5–3 voxels"
+    assert table.loc["iterations", "here"] == f"{cpu.epochs * cpu.iterations} ({cpu.epochs} epochs × {cpu.iterations})"
+    assert table.loc["iterations", "paper"] == "25000 (100 epochs × 250)"
+    assert (table.why != "").all()
+    older = scale_table(Config.from_profile("cpu", epochs=25, n_train=64, iters_per_epoch=16)).set_index("setting")
+    assert (older.why == "").all() and older.loc["iterations", "here"] == "400 (25 epochs × 16)"

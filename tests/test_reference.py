@@ -104,7 +104,7 @@ def _git(*args) -> list[str]:
 def test_runs_write_only_git_ignored_folders_and_the_reference_is_tracked():
     written = [f"results/{p}/{name}" for p in registry.PROFILE_NAMES
                for name in ("report.html", "metrics_summary.csv", "benchmarks/data.tsv", "runs/batch/elu16_s0/last.pt")]
-    written += [f"figures/{p}/fig1_activations.png" for p in registry.PROFILE_NAMES] + ["models/elu16/epoch_025.pt"]
+    written += [f"figures/{p}/fig1_activations.png" for p in registry.PROFILE_NAMES] + ["models/elu16/epoch_050.pt"]
     ignored = _git("check-ignore", "--no-index", *written, "reference/cpu/report.html", "results/bench/card.jsonl")
     assert sorted(ignored) == sorted(written)  # every run output ignored; the reference and the GPU rows are not
     tracked = [name for name in _git("ls-files", "results", "figures") if (ROOT / name).exists()]  # a clean clone's
@@ -194,6 +194,11 @@ def test_what_the_tables_know_about_a_checkpoint(tmp_path):
     assert notes["reference_test_nrmse_percent"] == pytest.approx(42.5) and notes["reference_seeds"] == 4
     changed = known_test_metrics(checkpoint, spec.config(lr=1e-2), 25, tmp_path)
     assert "reference_test_nrmse_percent" not in changed  # not trained as the reference was
+    # a reference trained at an older scale of the profile (its study_config.yaml) describes models of that scale only
+    older = dict(epochs=25, iters_per_epoch=16, n_train=64)
+    (tmp_path / "reference" / "cpu" / STUDY_CONFIG).write_text(Config.from_profile("cpu", **older).to_yaml())
+    assert "reference_test_nrmse_percent" not in known_test_metrics(checkpoint, spec.config(), 25, tmp_path)
+    assert known_test_metrics(checkpoint, spec.config(**older), 25, tmp_path)["reference_seeds"] == 4
     os.utime(checkpoint)  # newer than the evaluation: its table is about an older checkpoint
     assert "test_nrmse_percent" not in known_test_metrics(checkpoint, spec.config(), 25, tmp_path)
 

@@ -89,16 +89,25 @@ def publish(profile: str, root: str | Path | None = None) -> Path:
     return target
 
 
-def _trained_as_reference(config: Config) -> bool:
-    """True when ``config`` is the study's own configuration of its variant, arm and seed (a model trained as the
-    reference's were, so that the reference's test NRMSE of that variant describes it); where and how it ran (device,
+#: the fields that make one variant, arm and seed of a study (the rest is the study's scale and recipe)
+_RUN_FIELDS = {"activation", "activation_params", "initial_channels", "seed", "norm"}
+
+
+def _trained_as_reference(config: Config, root: str | Path | None = None) -> bool:
+    """True when ``config`` is the committed reference's own configuration of its variant, arm and seed (a model
+    trained as the reference's were, so that the reference's test NRMSE of that variant describes it): the
+    reference's recipe and scale from its ``study_config.yaml`` (the profile as it was when the reference was
+    trained, which may differ from today's), the run's fields from the study plan; where and how it ran (device,
     precision, memory format, compile, workers: resolved when a run starts) aside."""
+    made_with = reference_dir(config.profile, root) / STUDY_CONFIG
+    scale = Config.load(made_with).to_dict() if made_with.is_file() else {}
+    skip = {*EXECUTION_FIELDS, "device", "data_device", "precision", "memory_format"}
     try:
         study = RunSpec(config.profile, "runs", config.arm, config.activation, config.initial_channels,
-                        config.seed).config(activation_params=config.activation_params)
+                        config.seed).config(**{k: v for k, v in scale.items() if k not in skip | _RUN_FIELDS | {"profile"}},
+                                            activation_params=config.activation_params)
     except ValueError:
         return False
-    skip = {*EXECUTION_FIELDS, "device", "data_device", "precision", "memory_format"}
     return {k: v for k, v in study.to_dict().items() if k not in skip} == \
         {k: v for k, v in config.to_dict().items() if k not in skip}
 
@@ -119,7 +128,7 @@ def known_test_metrics(checkpoint: str | Path, config: Config, epoch: int, root:
         if len(rows):
             notes.update(test_nrmse_percent=float(rows.nrmse.mean()), test_table=str(table))
     reference = reference_dir(config.profile, root) / "metrics_per_map.csv"
-    if reference.is_file() and _trained_as_reference(config):
+    if reference.is_file() and _trained_as_reference(config, root):
         rows = pd.read_csv(reference)
         rows = rows[(rows.arm == config.arm) & (rows.model == config.variant) & (rows.epoch == epoch)]
         if len(rows):
