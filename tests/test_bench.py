@@ -368,3 +368,33 @@ def test_cpu_peak_is_cores_times_clock_times_the_best_instruction():
     assert cpu_peak("bf16", zen4, cores=2)["peak_tflops"] == pytest.approx(2 * 2.6e9 * 128 / 1e12)
     assert cpu_peak("bf16", avx2, cores=1)["peak_basis"] == "1 cores × 3.00 GHz × 32 FLOP/cycle (avx2)"
     assert cpu_peak("fp32", "flags\t: avx2\n") is None  # no clock: no peak rather than a guess
+
+
+def _step(variant, precision, memory_format, seconds):
+    return make_row(case="train_step", variant=variant, patch=32, precision=precision, memory_format=memory_format,
+                    seconds_per_iter=seconds, voxels_per_s=4 * 32**3 / seconds, gflops_per_s=45 / seconds,
+                    peak_mem_mb=900.0)
+
+
+def test_default_step_row_sets_the_adopted_elu16_step_beside_fp32_with_the_guards_verdict(monkeypatch):
+    """The row takes ELU 16 in the setting resolve() adopts (bf16 + channels-last where the guard passes, else
+    fp32), puts the fp32 step of the same rows beside it and judges the cpu profile's 0.10 s target."""
+    from qsmrep.bench import headline
+
+    monkeypatch.setattr(headline.runtime, "cpu_native_bf16", lambda: True)
+    rows = [_step("elu16", "fp32", "contiguous", 0.28), _step("relu16", "bf16", "channels_last_3d", 0.05),
+            _step("elu16", "bf16", "contiguous", 0.2), _step("elu16", "bf16", "channels_last_3d", 0.14)]
+    monkeypatch.setattr(headline.runtime, "cpu_bf16_sound", lambda: True)
+    (row,) = headline.default_step_rows(rows, "cpu", "cpu")
+    assert (row["case"], row["precision"], row["memory_format"]) == ("default_step", "bf16", "channels_last_3d")
+    assert row["seconds_per_iter"] == 0.14 and row["fp32_seconds_per_iter"] == 0.28
+    assert row["speedup_vs_fp32"] == pytest.approx(2.0) and row["target"] == 0.10 and row["meets_target"] is False
+    assert row["guard"].startswith("passed") and "fp32 0.280 s/iter" in row["unit"]
+    rows[-1]["seconds_per_iter"] = 0.09
+    assert headline.default_step_rows(rows, "cpu", "cpu")[0]["meets_target"] is True
+    assert headline.default_step_rows(rows, "smoke", "cpu")[0]["target"] is None  # no target at smoke scale
+
+    monkeypatch.setattr(headline.runtime, "cpu_bf16_sound", lambda: False)
+    (row,) = headline.default_step_rows(rows, "cpu", "cpu")
+    assert (row["precision"], row["seconds_per_iter"]) == ("fp32", 0.28) and row["guard"].startswith("failed")
+    assert headline.default_step_rows(rows[1:2], "cpu", "cpu") == []  # ELU 16 not timed: no row

@@ -8,6 +8,8 @@ Any profile but ``paper`` (``cpu``, ``smoke``, ``gpu``) measures, on the machine
 * ``train_step``: the trainer's step (:mod:`qsmrep.bench.steps`) for the six variants of the paper
   (depth 5) at the profile's patch size and batch, in fp32, bf16 autocast and channels-last-3d
   (bf16 only where it is native; :mod:`qsmrep.bench.plan`): s/iter, voxel/s, GFLOP/s, peak MiB;
+* ``default_step``: ELU 16 in the setting a run adopts here, beside the plain fp32 step of the same run and the
+  bf16 accuracy guard's verdict, against the profile's step target where it has one (:mod:`qsmrep.bench.headline`);
 * ``monai_step`` and ``monai_ratio``: MONAI's ``BasicUNet`` in fp32 at 32³, 48³ and the profile's
   patch, and MONAI's seconds / our fastest setting's (target ≥ 1.8); skipped with ``--no-monai`` or
   without ``monai`` (``pip install 'qsmrep[bench]'``);
@@ -48,6 +50,7 @@ from qsmrep.run.config import Config
 from qsmrep.run.runtime import resolve_device
 from qsmrep.study.plan import project_root
 from qsmrep.bench.data import forward_field_rows, generator_rows, stall_rows
+from qsmrep.bench.headline import default_step_rows
 from qsmrep.bench.paper import card_name, paper_rows
 from qsmrep.bench.plan import bf16_usable, comparison_specs, step_specs
 from qsmrep.bench.rows import make_row, to_json
@@ -195,6 +198,7 @@ def main(args) -> int:
         _paper(out, profile, device, use_monai, bool(getattr(args, "paper_rows", False)), quick)
     else:
         _train_steps(out, profile, quick, device)
+        out(default_step_rows(out.rows, profile, device))
         if use_monai and not _budget_spent(out, quick):
             _monai_comparison(out, profile, quick, device)
         _data_side(out, profile, quick, device)
