@@ -452,3 +452,27 @@ def test_the_phantom_summary_says_plainly_how_the_networks_fare_and_why():
     assert "score 75.0–75.0 % NRMSE" in text and "1 blown-up variant(s)" in text and "TKD's 20.0 %" in text
     assert "do not generalise" in text and "standard deviation of" in text
     assert list(table.model) == ["TKD", "elu16", "relu16"] and table.loc[1, "seeds"] == 2
+
+
+def test_convergence_per_run_names_the_runs_that_did_not_level_off():
+    """Three seeds of paper-like curves; seed 2 of ELU 32 replaced by a straight fall, 100 − 4·epoch (end level:
+    median of epochs 17–20 = 26 %, against 42 % over epochs 13–16: still moving by 38 %). Each run is judged by
+    C1's rule on its own curve."""
+    from qsmrep.study.curves import convergence_by_run, convergence_sentence, levelled_off
+
+    histories, metrics, costs = _paper_like()
+    runs = pd.concat([histories.assign(seed=s) for s in range(3)], ignore_index=True)
+    rows = (runs.activation == "elu") & (runs.channels == 32) & (runs.seed == 2)
+    runs.loc[rows, "val_nrmse"] = 100.0 - 4.0 * runs.loc[rows, "epoch"]
+    table = convergence_by_run(runs)
+    assert len(table) == 18 and table.levelled_off.sum() == 17
+    missed = table[~table.levelled_off].iloc[0]
+    assert (missed.activation, missed.channels, missed.seed) == ("elu", 32, 2)
+    assert missed.end == pytest.approx(100 - 4 * 18.5) and missed.first == 96.0
+    assert missed.change_last_20pct == pytest.approx(100 * 16 / (100 - 4 * 14.5))
+    sentence = convergence_sentence(table)
+    assert "elu32 2 of 3" in sentence and "relu16 3 of 3" in sentence and "Did not: elu32 seed 2." in sentence
+    assert levelled_off(pd.Series([100.0, 60.0, 50.0, np.nan, 40.0]))["levelled_off"] is False  # non-finite
+    assert levelled_off(pd.Series([100.0, 80.0, 70.0, 65.0, 64.0]))["levelled_off"] is False  # end 64 % of first
+    claims = evaluate_claims(runs, pd.concat([metrics.assign(seed=s) for s in range(3)]), 4, 20, costs)
+    assert "Did not: elu32 seed 2." in claims.set_index("id").loc["C1", "evidence"]
