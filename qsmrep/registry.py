@@ -42,7 +42,7 @@ ACTIVATION_LABELS = {"elu": "ELU", "leaky_relu": "leaky ReLU", "relu": "ReLU", "
                      "prelu": "PReLU", "mish": "Mish"}
 
 #: named configuration presets (qsmrep.run.config.PROFILES holds their values)
-PROFILE_NAMES: tuple[str, ...] = ("smoke", "cpu", "gpu", "paper")
+PROFILE_NAMES: tuple[str, ...] = ("smoke", "cpu", "cpu-long", "gpu", "paper")
 
 #: option lists of the configuration
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")

@@ -11,7 +11,7 @@ from qsmrep.core.synth import SynthSettings
 
 
 def test_profiles_exist():
-    assert set(PROFILES) == {"smoke", "cpu", "gpu", "paper"} == set(registry.PROFILE_NAMES)
+    assert set(PROFILES) == {"smoke", "cpu", "cpu-long", "gpu", "paper"} == set(registry.PROFILE_NAMES)
     for name in PROFILES:
         cfg = Config.from_profile(name)
         assert cfg.profile == name
@@ -35,6 +35,9 @@ def test_cpu_and_smoke_profiles():
     s = Config.from_profile("smoke")
     assert s.map_size <= 32 and s.patch_size <= 16 and s.epochs <= 10
     assert s.early == 2 == round(0.2 * s.epochs)
+    long = Config.from_profile("cpu-long")  # the cpu scale, twice the iterations, the paper's epochs
+    assert long.replace(epochs=c.epochs, early_epoch=c.early, profile="cpu") == c
+    assert (long.epochs, long.early, long.epochs * long.iterations) == (100, 20, 2 * c.epochs * c.iterations)
     # early defaults to 20 % of the budget when not set
     assert Config.from_profile("cpu", early_epoch=0, epochs=50).early == 10
 

@@ -47,9 +47,10 @@ CUDA_HOST_MB = 3000
 #: factor on the arrays: the 32-channel smoke trainings (2296–2405 MiB) held 2.2× the estimate's difference to the
 #: 16-channel ones above them (oneDNN buffers, allocator caches; the estimate itself claims ±30 %)
 ARRAY_MARGIN = 2.5
-#: wall-time limits (minutes) per profile: (a training, any other step). Measured: smoke trainings ~1 min on 2 cores;
-#: cpu trainings 2–7 min (bf16), 11–12 min (fp32 twins), about twice that on an AVX2-only CPU, evaluation 8 min
-RUNTIME_MINUTES = {"smoke": (20, 20), "cpu": (90, 60), "gpu": (60, 60), "paper": (720, 240)}
+#: wall-time limits (minutes) per profile: (a training, any other step). Measured on the 2-core Xeon with AMX: smoke
+#: trainings ~1 min; cpu trainings (3200 iterations, bf16) 7–23 min, evaluation 8 min; cpu-long (6400 iterations)
+#: twice that, and up to 80 min for 32 channels on one thread (--jobs 2: 0.74 s/iteration)
+RUNTIME_MINUTES = {"smoke": (20, 20), "cpu": (90, 60), "cpu-long": (240, 60), "gpu": (60, 60), "paper": (720, 240)}
 
 
 def training_memory_mb(config: Config, on_gpu: bool = False) -> int:
