@@ -256,21 +256,17 @@ SCALE_CHOICES: dict[str, dict[str, str]] = {
                       "run (six variants, one seed) fits in 2 h on 2 cores; at 400 every network was still learning "
                       "and ended at twice the error of TKD",
         "n_train": "256 maps and 64 iterations per epoch: an epoch is one pass over the training maps in batches of "
-                   "four, as the paper's 250 × 4 over 1000 maps, and each map gives 12.5 patches over the run (the "
-                   "paper's 100 epochs: 100)",
+                   "four, as the paper's 250 × 4 over 1000 maps",
         "synth.sigma": "smoothing in voxels, not as a fraction of the map: 0.5–3 voxels, the edge profile of the "
                        "paper-scale generator (scaled by 0.2 it was 0.1–0.6 voxels: voxel-sharp edges)",
-        "early_epoch": "epoch 10 of 50: the paper's 20 % of the budget (640 iterations)",
+        "early_epoch": "the paper's 20 % of the budget",
     },
 }
 SCALE_CHOICES["cpu-long"] = {
     **SCALE_CHOICES["cpu"],
-    "iterations": "6400, twice the cpu scale's: continued from 3200 to 6400 iterations, the default run's ELU 16 went "
-                  "from 24.4 to 18.4 % test NRMSE, ReLU 16 from 30.8 to 24.3 %, leaky ReLU 32 from 22.8 to 19.5 % "
-                  "(one seed); 100 epochs of one pass each, the paper's epoch count",
-    "n_train": "256 maps and 64 iterations per epoch: an epoch is one pass over the training maps in batches of four, "
-               "as the paper's 250 × 4 over 1000 maps; each map gives 25 patches over the run (the paper's: 100)",
-    "early_epoch": "epoch 20 of 100, as in the paper (1280 iterations)"}
+    "iterations": "twice the cpu scale's: the default run's models continued from 3200 to 6400 iterations still lost "
+                  "3–6.5 points of test NRMSE (README, 'The default run at the new scale')",
+    "early_epoch": "epoch 20 of 100, as in the paper"}
 
 
 def _positive_int(cfg: Config, *names: str) -> None:

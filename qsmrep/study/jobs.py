@@ -49,7 +49,8 @@ CUDA_HOST_MB = 3000
 ARRAY_MARGIN = 2.5
 #: wall-time limits (minutes) per profile: (a training, any other step). Measured on the 2-core Xeon with AMX: smoke
 #: trainings ~1 min; cpu trainings (3200 iterations, bf16) 7–23 min, evaluation 8 min; cpu-long (6400 iterations)
-#: twice that, and up to 80 min for 32 channels on one thread (--jobs 2: 0.74 s/iteration)
+#: twice that, and up to 80 min for 32 channels on one thread (--jobs 2: 0.74 s/iteration); on an AVX2-only CPU
+#: (fp32) the 32-channel step is 1.1 s on 2 threads: cpu 59 min, cpu-long about 2 h
 RUNTIME_MINUTES = {"smoke": (20, 20), "cpu": (90, 60), "cpu-long": (240, 60), "gpu": (60, 60), "paper": (720, 240)}
 
 
