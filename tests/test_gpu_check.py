@@ -82,7 +82,12 @@ def test_a_part_cut_off_at_its_limit_leaves_no_process_and_no_held_lock(tmp_path
     copy = _copy_project(tmp_path)
     result, out, seconds = _run(copy, "study", budget=70, timeout=200)  # the smoke study needs minutes: cut at 35 s
     report = (out / "device.txt").read_text()
-    assert re.search(r"study rc 124, \d+ s \(limit 3[3-5] s\)", report), report  # timeout's exit status: cut off
+    # timeout's exit status: cut off at its limit, the budget left after the import check (≤ 35 s; less when the
+    # machine is busy and the start took longer)
+    match = re.search(r"study rc 124, (\d+) s \(limit (\d+) s\)", report)
+    assert match, report
+    took, limit = map(int, match.groups())
+    assert 20 <= limit <= 35 and limit <= took <= limit + 5, report
     assert seconds <= 70 + 5
     assert not _marked(copy), "processes of the cut-off part are still running"
     lock = copy / "results" / "smoke" / ".lock"
