@@ -38,14 +38,14 @@ for n in SEEDS ${JOBS:+JOBS}; do [[ "${!n}" =~ ^[1-9][0-9]*$ ]] || die "--${n,,}
 [[ -z $EXECUTOR || -f workflow/profiles/$EXECUTOR/config.yaml ]] || die "--executor: no profile workflow/profiles/$EXECUTOR/ (there are: $(ls workflow/profiles | xargs))"
 [[ $CLIP = 0 || $ARMS = *none* ]] || die "--clip twins the standard U-Net: use it with --arm none or --arm both"
 source scripts/ensure_env.sh
-mkdir -p "results/$PROFILE/notebooks"
-exec 9>"results/$PROFILE/.lock"
+mkdir -p "results/$PROFILE/notebooks" && exec 9>"results/$PROFILE/.lock"
 flock -n 9 || die "another run_all.sh is writing results/$PROFILE (lock results/$PROFILE/.lock); wait for it to finish"
 [ "$PROFILE" != paper ] || [ ${#DRY[@]} -gt 0 ] || "$PY" -m qsmrep estimate --profile paper --arms "$ARMS" || exit 2
 GPUS=0 CORES=$(nproc) WHERE=(--workflow-profile "workflow/profiles/$EXECUTOR" ${JOBS:+--jobs "$JOBS"}); JOBS=${JOBS:-1}
 if [ -z "$EXECUTOR" ]; then [ "$JOBS" -gt 1 ] && command -v nvidia-smi >/dev/null && GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
   THREADS=$(( CORES / JOBS > 0 ? CORES / JOBS : 1 )); WHERE=(--cores $(( THREADS * JOBS )) --resources gpu="$GPUS")
 else THREADS=$CORES QUIET=(${QUIET[@]:+--quiet host}); "$PY" -c "import snakemake_executor_plugin_$EXECUTOR" 2>/dev/null || die "--executor $EXECUTOR needs: $PY -m pip install snakemake-executor-plugin-$EXECUTOR"; fi
+[ "$FORCE" = 1 ] || "$PY" -m qsmrep unshelve --profile "$PROFILE" --arms "$ARMS" --seeds "$SEEDS" ${WIDTHS:+--widths "$WIDTHS"} $(for f in EXTENDED GUARD CLIP; do [ "${!f}" = 0 ] || echo "--${f,,}"; done) "${DRY[@]}" || exit 2  # runs kept in reference/$PROFILE/trained/
 STATUS=0 INTERRUPTED=0; trap 'INTERRUPTED=1' INT TERM  # Ctrl-C reaches snakemake and the trainings; report it after
 "$PY" -m snakemake --snakefile workflow/Snakefile --directory . "${WHERE[@]}" --nolock \
   --keep-going --rerun-incomplete --max-checksum-file-size 0 "${QUIET[@]}" "${DRY[@]}" $([ "$FORCE" = 1 ] && echo --forceall) \

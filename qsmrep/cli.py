@@ -1,5 +1,5 @@
 """Command line: ``python -m qsmrep {train,evaluate,predict,phantom,config,status,job,estimate,publish-reference,
-offline-html,bench} …``
+shelve,unshelve,offline-html,bench} …``
 (``--help`` on each); :data:`COMMANDS` maps each subcommand to the function that runs it."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from qsmrep import __version__, registry
+from qsmrep.bench import arguments as bench_arguments
 from qsmrep.run.config import PROFILES, Config, parse_assignments, read_mapping
 from qsmrep.run.noise import TEST_SNR
 
@@ -174,29 +175,17 @@ def _add_study_commands(sub) -> None:
     p.add_argument("--profile", default="cpu", help="profile whose results/<profile>/ and figures/<profile>/ are "
                                                     "published (default: cpu)")
 
+    p = sub.add_parser("shelve", help="keep the finished runs of results/<profile>/ in reference/<profile>/trained/ "
+                                      "without weights (scoring checkpoints that have no scores record on --device)")
+    p.add_argument("--profile", default="cpu", help="profile (default: cpu)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p = sub.add_parser("unshelve", help="restore the study's kept runs that have no folder in results/<profile>/")
+    _add_study_options(p)
+    p.add_argument("--dry-run", action="store_true", help="only list them")
+
     p = sub.add_parser("offline-html", help="strip network references from a rendered report")
     p.add_argument("source", help="HTML written by nbconvert")
     p.add_argument("target", help="self-contained HTML to write")
-
-    p = sub.add_parser("bench", help="benchmark training steps, generator and forward field; --profile paper: "
-                                      "what ./run_all.sh --profile paper costs on this GPU")
-    p.add_argument("--profile", default="cpu",
-                   help="profile whose patch size and batch the training-step cases use; paper (needs a GPU): the "
-                        "paper-scale rows, decisive first: the six variants' steps at 4 × 160³, the data path "
-                        "(iteration with data / bare step), validation per epoch and where its maps are kept, memory "
-                        "on the card, evaluation per test map, the projected wall time of training, validation, "
-                        "evaluation and report per variant; then fp32 steps, MONAI, generator (on a CPU only the "
-                        "320³ generator and forward field)")
-    p.add_argument("--paper-rows", action="store_true",
-                   help="the rows of --profile paper at this --profile's sizes, on any device (smoke: a rehearsal of "
-                        "the GPU check on a CPU)")
-    p.add_argument("--quick", action="store_true",
-                   help="fewer repeats and cases, bf16 only where native (≤ 5 minutes on 2 cores, any CPU)")
-    p.add_argument("--json", action="store_true", help="print one JSON object per case")
-    p.add_argument("--no-monai", action="store_true", help="skip the MONAI BasicUNet reference")
-    p.add_argument("--save", nargs="?", const=True, default=False, metavar="FOLDER",
-                   help="also write the rows to results/bench/<card>-<date>.jsonl (or FOLDER), rewritten as each row "
-                        "is measured (commit GPU rows; the report shows them)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_run_commands(sub)
     _add_study_commands(sub)
+    bench_arguments.add_parser(sub)
     return parser
 
 
@@ -342,6 +332,27 @@ def _publish_reference(args) -> int:
     return 0
 
 
+def _shelve(args) -> int:
+    from qsmrep.study.shelf import shelf_dir, shelve
+
+    kept = shelve(args.profile, device=args.device)
+    print(f"kept {len(kept)} finished runs in {shelf_dir(args.profile)}/ (no weights); commit it to keep them")
+    return 0
+
+
+def _unshelve(args) -> int:
+    from qsmrep.study.plan import study_runs
+    from qsmrep.study.shelf import shelf_dir, unshelve
+
+    specs = study_runs(args.profile, registry.parse_arms(args.arms), args.seeds, args.extended, args.guard, args.clip,
+                       args.widths)
+    Config.from_profile(args.profile)
+    if restored := unshelve(args.profile, specs, dry_run=args.dry_run):
+        print(f"==> {'would restore' if args.dry_run else 'restored'} {len(restored)} finished runs from "
+              f"{shelf_dir(args.profile)}/ (no weights: evaluated from their scores records): {', '.join(restored)}")
+    return 0
+
+
 def _offline_html(args) -> int:
     from qsmrep.run import files
     from qsmrep.study.html import external_references, make_offline
@@ -367,7 +378,7 @@ def _bench(args) -> int:
 #: subcommand → the function that runs it (ValueError: a one-line error, exit 2)
 COMMANDS = {"config": _config, "train": _train, "evaluate": _evaluate, "predict": _predict, "phantom": _phantom,
             "status": _status, "job": _job, "estimate": _estimate, "publish-reference": _publish_reference,
-            "offline-html": _offline_html, "bench": _bench}
+            "shelve": _shelve, "unshelve": _unshelve, "offline-html": _offline_html, "bench": _bench}
 
 
 def main(argv: list[str] | None = None) -> int:

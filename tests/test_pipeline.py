@@ -177,6 +177,21 @@ def test_run_all_smoke_end_to_end(tmp_path):
     assert third.returncode == 0, log[-3000:]
     assert "started" not in log and (results / "report.html").stat().st_mtime > report_time
 
+    # runs kept without weights (python -m qsmrep shelve) on a machine that has nothing but the repository: restored,
+    # they are not trained again, and the evaluation reads their scores records
+    python = str(Path(sys.executable))
+    subprocess.run([python, "-m", "qsmrep", "shelve", "--profile", "smoke"], cwd=project, env=env, check=True, timeout=300)
+    assert len(list((project / "reference" / "smoke" / "trained").glob("*/*/*/DONE.json"))) == 12
+    shutil.rmtree(results)
+    dry, log = _run_all(project, env, "--arm", "both", "--dry-run", timeout=300)
+    assert dry.returncode == 0 and "would restore 12 finished runs" in log and not (results / "runs").exists(), log[-3000:]
+    subprocess.run([python, "-m", "qsmrep", "unshelve", "--profile", "smoke", "--arms", "batch,none"], cwd=project,
+                   env=env, check=True, timeout=300)
+    dry, log = _run_all(project, env, "--arm", "both", "--dry-run", timeout=300)
+    planned = set(re.findall(r"^rule (\w+):", log, flags=re.M))
+    assert dry.returncode == 0 and "evaluate" in planned and "train" not in planned, log[-3000:]
+    assert not list(results.rglob("*.pt"))
+
     # a step that fails: non-zero exit, everything finished is kept
     notebook = project / "notebooks" / "21_fig2_convergence.ipynb"
     notebook.write_text(notebook.read_text().replace("from qsmrep.study.figures import", "raise RuntimeError('boom')\\nfrom qsmrep.study.figures import"))

@@ -184,6 +184,8 @@ def _data_side(out: RowLog, profile: str, quick: bool, device: str) -> None:
         out([make_row(case="loader_stall", error=f"{type(err).__name__}: {err}")])
 
 
+
+
 def main(args) -> int:
     """Run the benchmark for ``args`` (``profile``, ``quick``, ``json``, ``no_monai``, ``save``); exit code 1 if a case failed."""
     profile, quick = args.profile, bool(args.quick)

@@ -28,7 +28,7 @@ from qsmrep.core.phantom import head_phantom
 from qsmrep.core.physics import DipolePhysics
 from qsmrep.core.unet import UNet3D
 from qsmrep.run import baselines as classical
-from qsmrep.run import files
+from qsmrep.run import files, scores
 from qsmrep.run.config import Config
 from qsmrep.run.data import SyntheticMaps
 from qsmrep.run.noise import TEST_SNR, NoisyMaps
@@ -174,15 +174,84 @@ def _dead_unit_rows(checkpoint: Checkpoint) -> list[dict]:
 
 
 class _Tables:
-    """The rows of one evaluation, gathered model by model."""
+    """The rows of one evaluation, gathered model by model: ``clean`` and ``noisy`` lists of frames, ``phantom`` and
+    ``dead`` lists of rows."""
 
     def __init__(self):
         self.clean, self.noisy, self.phantom, self.dead = [], [], [], []
+
+    def add(self, other: "_Tables") -> None:
+        for name in scores.TABLES:
+            getattr(self, name).extend(getattr(other, name))
+
+    def rows(self) -> dict[str, list[dict]]:
+        """Every table as a list of rows (the form of a scores record, :mod:`qsmrep.run.scores`)."""
+        return {"clean": [r for f in self.clean for r in f.to_dict("records")],
+                "noisy": [r for f in self.noisy for r in f.to_dict("records")],
+                "phantom": list(self.phantom), "dead": list(self.dead)}
+
+    @classmethod
+    def from_rows(cls, rows: dict[str, list[dict]]) -> "_Tables":
+        tables = cls()
+        tables.clean = [pd.DataFrame(rows["clean"])] if rows.get("clean") else []
+        tables.noisy = [pd.DataFrame(rows["noisy"])] if rows.get("noisy") else []
+        tables.phantom, tables.dead = list(rows.get("phantom", [])), list(rows.get("dead", []))
+        return tables
+
+
+@dataclass
+class _TestSets:
+    """What every checkpoint of one evaluation is scored on, on the evaluation device."""
+
+    maps: SyntheticMaps
+    noisy: NoisyMaps | None
+    phantom: dict
+    physics: DipolePhysics
+    evaluation: dict  # :func:`qsmrep.run.scores.identity`
+    keep_arrays: int
+
+    @classmethod
+    def of(cls, config: Config, dev: torch.device, snr: float | None, keep_arrays: int) -> "_TestSets":
+        maps, physics = load_test_maps(config, device=dev), DipolePhysics.from_config(config)
+        phantom = {key: value.to(dev) for key, value in head_phantom(config.map_size, physics).items()}
+        return cls(maps, NoisyMaps(maps, snr) if snr else None, phantom, physics,
+                   scores.identity(config, snr, keep_arrays), keep_arrays)
+
+
+def _checkpoint_scores(label: str, path: str | Path, config: Config, sets: _TestSets,
+                       dev: torch.device) -> tuple["_Tables", dict]:
+    """One checkpoint's tables and predictions: scored from its weights (and recorded beside it), or, for a scores
+    record, read from it. ValueError when it was trained on other data than ``config``'s test maps."""
+    if scores.is_record(path):
+        kept, _, rows, preds = scores.load(path, sets.evaluation)
+        check_same_data(label, path, kept, config)
+        return _Tables.from_rows(rows), preds
+    checkpoint = load(path, dev)
+    check_same_data(label, path, checkpoint.config, config)
+    part, preds = _Tables(), {}
+    part.dead += _dead_unit_rows(checkpoint)
+    invert = checkpoint.inverter(dev)
+    _score(part, preds, label, checkpoint.labels(), invert, invert, sets.maps, sets.noisy, sets.phantom, sets.keep_arrays)
+    scores.save(path, checkpoint.config, checkpoint.epoch, sets.evaluation, part.rows(), preds)
+    return part, preds
+
+
+def record_scores(checkpoints: dict[str, str | Path], config: Config, device: str = "auto", keep_arrays: int = 1,
+                  snr: float | None = TEST_SNR) -> None:
+    """Score checkpoints (label → ``epoch_EEE.pt``) as :func:`evaluate_runs` does with the same arguments and write
+    only their scores records beside them (:mod:`qsmrep.run.scores`), no tables."""
+    dev = resolve_device(device)
+    sets = _TestSets.of(config, dev, snr, keep_arrays)
+    for label, path in checkpoints.items():
+        _checkpoint_scores(label, path, config, sets, dev)
 
 
 def evaluate_runs(checkpoints: dict[str, str | Path], out: str | Path, config: Config, device: str = "auto",
                   keep_arrays: int = 1, baselines: bool = True, snr: float | None = TEST_SNR) -> pd.DataFrame:
     """Evaluate several checkpoints (label → path) plus tuned baselines; write the tables and arrays to ``out``.
+
+    A path is a checkpoint (``epoch_EEE.pt``: scored, and its scores recorded beside it) or, for a run whose weights
+    are gone, such a record (``scores_EEE.json``: its rows and predictions taken as recorded, :mod:`qsmrep.run.scores`).
 
     Every checkpoint must have been trained on the same data as ``config`` (:meth:`Config.data_identity`:
     map size, generator, geometry, seeds), since all are scored against ``config``'s test maps;
@@ -198,18 +267,15 @@ def evaluate_runs(checkpoints: dict[str, str | Path], out: str | Path, config: C
     phantom, keys ``phantom/…``).
     """
     out, dev = files.check_writable_dir(out), resolve_device(device)
-    maps, physics = load_test_maps(config, device=dev), DipolePhysics.from_config(config)
-    noisy = NoisyMaps(maps, snr) if snr else None
-    phantom = {key: value.to(dev) for key, value in head_phantom(config.map_size, physics).items()}
+    sets = _TestSets.of(config, dev, snr, keep_arrays)
+    maps, noisy, phantom, physics = sets.maps, sets.noisy, sets.phantom, sets.physics
     clean_params, search = classical.tune_for(config, physics)
     noisy_params, noisy_search = classical.tune_for(config, physics, snr) if snr else ({}, None)
     tables, arrays = _Tables(), _truth_arrays(maps, keep_arrays, phantom)
     for label, path in checkpoints.items():
-        checkpoint = load(path, dev)
-        check_same_data(label, path, checkpoint.config, config)
-        tables.dead += _dead_unit_rows(checkpoint)
-        invert = checkpoint.inverter(dev)
-        _score(tables, arrays, label, checkpoint.labels(), invert, invert, maps, noisy, phantom, keep_arrays)
+        part, preds = _checkpoint_scores(label, path, config, sets, dev)
+        tables.add(part)
+        arrays.update(preds)
     for name, parameter in clean_params.items():
         clean = classical.inverter(name, physics, parameter)
         with_noise = classical.inverter(name, physics, noisy_params[name]) if snr else None
@@ -249,12 +315,15 @@ def _write(out: Path, tables: _Tables, arrays: dict, search: pd.DataFrame) -> pd
     return per_map
 
 
-def crop_check(path: str | Path, n_maps: int = 4, device: str = "auto") -> dict:
-    """Mean validation NRMSE of a checkpoint on full maps and on centre crops of its training patch size.
+def crop_check(path: str | Path, n_maps: int = 4, device: str = "auto") -> dict | None:
+    """Mean validation NRMSE of a checkpoint on full maps and on centre crops of its training patch size; for a
+    scores record (a run whose weights are gone, :mod:`qsmrep.run.scores`) the check it keeps, or None.
 
     A diagnostic for runs whose validation blew up while training stayed finite: a network that is fine on
     patch-sized inputs but not on full maps learned something that depends on the input's extent (at the
     ``cpu`` profile a 32³ patch reaches the 5-level U-Net's bottleneck as 2³, a 64³ map as 4³)."""
+    if scores.is_record(path):
+        return scores.crop_check(path)
     dev = resolve_device(device)
     checkpoint = load(path, dev)
     config, invert = checkpoint.config, checkpoint.inverter(dev)

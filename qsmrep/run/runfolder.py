@@ -7,6 +7,8 @@ Layout of a run folder::
     history.csv    one row per finished epoch (epoch, train_loss, …, val_loss, val_nrmse, seconds, …)
     last.pt        model + optimiser + history after the last finished epoch (the resume point)
     epoch_EEE.pt   checkpoints at the early epoch (20 % of the budget) and the last epoch
+    scores_EEE.*   their test scores, written by the evaluation (qsmrep.run.scores): what stands for a checkpoint
+                   whose weights are gone (a run restored from reference/<profile>/trained/)
     DONE.json      the completion marker: status ``finished`` or ``diverged`` (a non-finite loss or
                    gradient stopped training: a result, with the epoch and the last finite values)
     train.lock     held (``flock``) by the one process training here; released by the kernel when it dies
@@ -137,12 +139,13 @@ class RunFolder:
         return config is None or not self.differences(config)
 
     def differences(self, config: Config) -> list[str]:
-        """Fields in which the saved configuration differs from ``config`` (execution fields aside)."""
+        """Fields in which the saved configuration differs from ``config`` (execution fields aside, and the fields
+        ``config`` leaves ``"auto"``: a run saves them as resolved when it started)."""
         saved = self.config()
         if saved is None:
             return []
         a, b = saved.to_dict(), config.to_dict()
-        return [k for k in b if k not in EXECUTION_FIELDS and a.get(k) != b[k]]
+        return [k for k in b if k not in EXECUTION_FIELDS and b[k] != "auto" and a.get(k) != b[k]]
 
     def history(self) -> pd.DataFrame:
         """The history table (empty frame with the columns if there is none)."""
@@ -186,7 +189,7 @@ class RunFolder:
         files.remove_temporaries(self.path)
         if force:
             for path in [*(self.file(n) for n in (self.CONFIG, self.META, self.HISTORY, self.LAST, self.DONE)),
-                         *self.path.glob("epoch_*.pt")]:
+                         *self.path.glob("epoch_*.pt"), *self.path.glob("scores_*.*")]:
                 path.unlink(missing_ok=True)
         differing = self.differences(config)
         if differing:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from qsmrep.core.unet import UNet3D, count_parameters
-from qsmrep.run import files
+from qsmrep.run import files, scores
 from qsmrep.run.config import Config
 from qsmrep.run.runfolder import DIVERGED, RunFolder
 from qsmrep.study.curves import BLOWUP_NRMSE, end_level, epochs_to_reach
@@ -163,11 +163,15 @@ def cost_table(profile: str, root: str | Path | None = None, write: bool = True)
 
 
 def checkpoints_for_evaluation(profile: str, root: str | Path | None = None, kind: str = "runs") -> dict[str, Path]:
-    """:func:`~qsmrep.study.plan.checkpoint_label` → early and final checkpoint of every run of ``kind`` that has them."""
+    """:func:`~qsmrep.study.plan.checkpoint_label` → early and final checkpoint of every run of ``kind`` that has them;
+    where a checkpoint is gone (a run restored from the reference's record) its scores record
+    (:mod:`qsmrep.run.scores`), where there is one."""
     out = {}
     for config, folder in list_runs(profile, root, kind):
         for epoch in sorted({config.early, config.epochs}):
             path = folder.checkpoint(epoch)
+            if not path.exists():
+                path = scores.record_path(path)
             if path.exists():
                 out[checkpoint_label(config.arm, folder.path.name, epoch)] = path
     return out

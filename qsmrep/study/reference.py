@@ -2,10 +2,12 @@
 into it, and what it (or a run's own evaluation) says about a model a user applies.
 
 User runs write ``results/<profile>/`` and ``figures/<profile>/``, both git-ignored, so no run changes a tracked
-file. The reference changes only through :func:`publish` (``python -m qsmrep publish-reference --profile P``): it
+file. The reference changes only through :func:`publish` (``python -m qsmrep publish-reference --profile P``) and
+its ``trained/`` through :func:`qsmrep.study.shelf.shelve` (``python -m qsmrep shelve``): publish
 copies a finished study's tables (``results/<profile>/*.csv``), step benchmarks (``benchmarks/``), report
 (``report.html``) and figures (``figures/<profile>/*.png|svg`` → ``figures/``) into ``reference/<profile>/``,
-replacing what was there, and writes ``PROVENANCE.json``: the publishing commit, the date, the commits the runs
+replacing what was there but the runs kept without weights (``trained/``, :mod:`qsmrep.study.shelf`), and writes
+``PROVENANCE.json``: the publishing commit, the date, the commits the runs
 were trained at, the runs by status, and a SHA-256 of every file.
 """
 
@@ -23,6 +25,7 @@ from qsmrep.run.config import EXECUTION_FIELDS, Config
 from qsmrep.run.gitinfo import code_commit
 from qsmrep.study.collect import trained_commits
 from qsmrep.study.plan import STUDY_CONFIG, RunSpec, checkpoint_label, figures_dir, reference_dir, results_dir
+from qsmrep.study.shelf import SHELF
 
 #: what a finished study has written before it can be published
 REQUIRED = ("report.html", "metrics_per_map.csv", "metrics_summary.csv", "histories.csv", "run_status.csv")
@@ -74,6 +77,8 @@ def publish(profile: str, root: str | Path | None = None) -> Path:
     for name, source in chosen.items():
         (staging / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, staging / name)
+    if (target / SHELF).is_dir():  # the runs kept without weights (qsmrep.study.shelf) stay with the reference
+        shutil.copytree(target / SHELF, staging / SHELF)
     status = pd.read_csv(results_dir(profile, root) / "run_status.csv")
     files.write_json(staging / PROVENANCE, {
         "profile": profile, "published": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
