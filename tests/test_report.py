@@ -419,6 +419,27 @@ def test_c7_fails_when_a_relu_pair_matches_as_well_as_the_elu_pair():
     assert claims.loc["C7", "verdict"] == NOT_REPRODUCED and "10 / 5 s" in claims.loc["C7", "evidence"]
 
 
+def test_c7_compares_training_times_only_from_one_machine():
+    """ELU 16 and ELU 32 timed on different machines (a study trained over several sittings): the time condition is
+    not judged, so a C7 whose NRMSE condition holds is not testable, and one whose NRMSE condition fails is still
+    not reproduced; the same machine on both sides (or none recorded, as before 2026-12-06) judges it."""
+    from qsmrep.study.claims import NOT_TESTABLE_MACHINES
+
+    histories, metrics, costs = _paper_like()
+    costs = costs.assign(seconds_to_target=[5.0 if c == 16 else 10.0 for c in costs.channels], target_nrmse=25.0)
+    xeon, epyc = "Intel Xeon, AVX512, 2 threads", "AMD EPYC, AVX512, 1 thread"
+    same = costs.assign(machine=xeon)
+    assert evaluate_claims(histories, metrics, 4, 20, same).set_index("id").loc["C7", "verdict"] == REPRODUCED
+    mixed = costs.assign(machine=[epyc if c == 16 else xeon for c in costs.channels])
+    c7 = evaluate_claims(histories, metrics, 4, 20, mixed).set_index("id").loc["C7"]
+    assert c7.verdict == NOT_TESTABLE_MACHINES and f"ELU16 was timed on {epyc}, ELU32 on {xeon}" in c7.evidence
+    both = costs.assign(machine=f"{epyc} + {xeon}")  # every variant's seeds split over the two machines
+    assert evaluate_claims(histories, metrics, 4, 20, both).set_index("id").loc["C7", "verdict"] == NOT_TESTABLE_MACHINES
+    matched = metrics.copy()
+    matched.loc[(matched.activation == "relu") & (matched.channels == 16) & (matched.epoch == 20), "nrmse"] = 21.0
+    assert evaluate_claims(histories, matched, 4, 20, mixed).set_index("id").loc["C7", "verdict"] == NOT_REPRODUCED
+
+
 def test_c8_is_not_testable_on_runs_that_recorded_only_never_positive_channels():
     from qsmrep.study.claims import NOT_RECORDED
 

@@ -117,7 +117,10 @@ def test_run_folder_layout(reference):
     assert (out / checkpoint_name(cfg.early)).is_file() and cfg.early == 2
     assert (out / checkpoint_name(cfg.epochs)).is_file()
     assert (out / "last.pt").is_file() and json.loads((out / "DONE.json").read_text())["status"] == "finished"
-    assert json.loads((out / "run.json").read_text())["generator"] == GENERATOR_VERSION
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["generator"] == GENERATOR_VERSION
+    assert meta["machines"] == [runtime.machine_label("cpu")] == RunFolder(out).machines()
+    assert meta["machines"][0].startswith(runtime.cpu_name()) and meta["machines"][0].endswith(", 1 thread")
     assert is_finished(out, cfg)
     early = load_checkpoint(out / checkpoint_name(cfg.early))
     assert early["epoch"] == cfg.early and Config.from_dict(early["config"]) == runtime.resolve(cfg)
@@ -137,6 +140,29 @@ def test_second_call_does_nothing(reference, monkeypatch):
     pd.testing.assert_frame_equal(again, history)
     pd.testing.assert_frame_equal(read_history(out), history, check_dtype=False)
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.pt")} == mtimes
+
+
+def test_cost_table_names_the_machines_each_variant_was_timed_on(reference, tmp_path):
+    """Two seeds of one variant, timed on two machines, and a run from before machines were recorded: the cost
+    table joins the first pair's machines and says 'not recorded' for the other."""
+    import shutil
+
+    from qsmrep.study.collect import cost_table
+
+    cfg, out, _ = reference
+    (tmp_path / "pyproject.toml").touch()  # a project root (qsmrep.study.plan.project_root)
+    (tmp_path / "qsmrep").mkdir()
+    runs = tmp_path / "results" / "smoke" / "runs" / cfg.arm
+    for seed, machines in ((0, ["B CPU, AVX2, 1 thread"]), (1, ["A CPU, AVX512, 2 threads"]), (2, None)):
+        folder = runs / f"{cfg.variant}_s{seed}"
+        shutil.copytree(out, folder)
+        (folder / "config.yaml").write_text(runtime.resolve(cfg.replace(seed=seed)).to_yaml())
+        meta = json.loads((folder / "run.json").read_text())
+        meta.update(machines=machines) if machines else meta.pop("machines")
+        (folder / "run.json").write_text(json.dumps(meta))
+    table = cost_table("smoke", tmp_path, write=False)
+    assert len(table) == 1 and table.seeds.iloc[0] == 3
+    assert table.machine.iloc[0] == "A CPU, AVX512, 2 threads + B CPU, AVX2, 1 thread + not recorded"
 
 
 def test_different_config_in_same_folder_is_refused(reference):
@@ -161,8 +187,11 @@ def test_interrupted_and_resumed_run_is_identical(reference, tmp_path, monkeypat
     monkeypatch.undo()
     assert len(read_history(tmp_path)) == 5
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 5
-    # 3) finish
+    # 3) finish, on another machine: the run says it trained on both
+    monkeypatch.setattr(runtime, "machine_label", lambda device: "Other CPU, AVX2, 2 threads")
     history = train(cfg, tmp_path, progress=False)
+    monkeypatch.undo()
+    assert RunFolder(tmp_path).machines() == [RunFolder(ref_out).machines()[0], "Other CPU, AVX2, 2 threads"]
     pd.testing.assert_frame_equal(_numbers(history), _numbers(ref_history))
     pd.testing.assert_frame_equal(_numbers(read_history(tmp_path)), _numbers(read_history(ref_out)))
     for name in ("last.pt", checkpoint_name(cfg.epochs), checkpoint_name(cfg.early)):

@@ -3,7 +3,7 @@
 Layout of a run folder::
 
     config.yaml    the resolved configuration (written first; a different config is refused)
-    run.json       generator version, torch version and commit that started the run
+    run.json       generator version, torch version and commit that started the run; the machines it trained on
     history.csv    one row per finished epoch (epoch, train_loss, …, val_loss, val_nrmse, seconds, …)
     last.pt        model + optimiser + history after the last finished epoch (the resume point)
     epoch_EEE.pt   checkpoints at the early epoch (20 % of the budget) and the last epoch
@@ -203,7 +203,19 @@ class RunFolder:
         files.write_text(self.file(self.CONFIG), config.to_yaml())
         if not meta:
             files.write_json(self.file(self.META), {"generator": generator, "torch": torch.__version__,
-                                                  "commit": code_commit(), "started": _now()})
+                                                  "commit": code_commit(), "started": _now(), "machines": []})
+
+    def add_machine(self, machine: str) -> None:
+        """Note in the meta that the run trains (or resumes) on ``machine`` (:func:`qsmrep.run.runtime.machine_label`),
+        so that its seconds are never compared with another machine's unseen."""
+        meta = self.meta()
+        if machine not in meta.setdefault("machines", []):
+            meta["machines"].append(machine)
+            files.write_json(self.file(self.META), meta)
+
+    def machines(self) -> list[str]:
+        """The machines the run trained on (:meth:`add_machine`); empty for a run started before 2026-12-06."""
+        return list(self.meta().get("machines", []))
 
     def save_epoch(self, state: dict, optimizer_state: dict, rows: list[dict], keep_checkpoint: bool) -> None:
         """After an epoch: its checkpoint (if kept), the resume point, then the history, in that order."""

@@ -136,6 +136,16 @@ def cpu_name() -> str:
         return platform.processor() or "unknown CPU"
 
 
+def machine_label(device: torch.device | str = "cpu") -> str:
+    """What a run's seconds on ``device`` are measured on, in one line: the GPU's name, or the CPU's model, its ATen
+    capability and the threads torch uses (e.g. ``AMD EPYC, AVX512, 1 thread``)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    threads = torch.get_num_threads()
+    return f"{cpu_name()}, {torch.backends.cpu.get_cpu_capability()}, {threads} thread{'s' if threads > 1 else ''}"
+
+
 def hardware_summary() -> dict:
     """CPU name, ATen CPU capability, native bf16 on the CPU, and the GPU (or ``none``)."""
     return {

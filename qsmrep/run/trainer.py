@@ -183,6 +183,8 @@ class Trainer:
         context.barrier()
         if run.done() is not None or start_epoch > config.epochs:
             return self._complete(on_finish)
+        if context.is_main:
+            run.add_machine(runtime.machine_label(self.device))
         if start_epoch > 1 and context.is_main:
             _log(f"train {config.variant} ({config.arm}, seed {config.seed}): resuming {run.path} from epoch "
                  f"{start_epoch} of {config.epochs}")

@@ -16,13 +16,14 @@ import pandas as pd
 
 from qsmrep import registry
 from qsmrep.run.units import DEAD_COLUMN
-from qsmrep.study.collect import divergences
+from qsmrep.study.collect import MACHINE_NOT_RECORDED, MACHINES_JOINED, divergences
 from qsmrep.study.curves import (BLOWUP_NRMSE, convergence_by_run, convergence_sentence, end_levels,
                                  epochs_to_reach, final_values, levelled_off, mean_curve, LEVEL_DROP, LEVEL_MOVING)
 from qsmrep.study.stats import C7_MATCH, interval_verdicts, seed_statistics
 
 REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE = "reproduced", "not reproduced", "not testable at this scale"
 NOT_TESTABLE_DIVERGED, NOT_RECORDED = "not testable: diverged", "not testable: not recorded"
+NOT_TESTABLE_MACHINES = "not testable: timed on different machines"
 UNDECIDED = "undecided (the seed interval reaches across the boundary)"
 VARIANTS = registry.PAPER_VARIANTS
 SMALL, LARGE = registry.PAPER_CHANNELS
@@ -119,8 +120,9 @@ def _c6(e: Evidence) -> tuple[str, bool]:
             ok)
 
 
-def _c7(e: Evidence) -> tuple[str, bool, bool]:
-    """(evidence, the NRMSE ratios hold, the training time to target holds): the time is not a per-seed quantity."""
+def _c7(e: Evidence) -> tuple[str, bool, bool | None]:
+    """(evidence, the NRMSE ratios hold, the training time to target holds): the time is not a per-seed quantity;
+    None where the two models were not timed on one and the same machine (the cost table's ``machine``)."""
     ratio = {a: e.test(a, SMALL, e.final_epoch, "nrmse") / e.test(a, LARGE, e.final_epoch, "nrmse") for a in ACTS}
     ok, faster = ratio[BEST] <= C7_MATCH and ratio[BEST] < min(ratio[a] for a in OTHERS), True
     text = (f"test NRMSE {SMALL}/{LARGE}-channel ratio: " + ", ".join(f"{a} {ratio[a]:.2f}" for a in ACTS))
@@ -131,6 +133,11 @@ def _c7(e: Evidence) -> tuple[str, bool, bool]:
         text += (f"; training time of ELU{SMALL} / ELU{LARGE} to the arm's target validation NRMSE "
                  f"({rows[SMALL].target_nrmse:.1f} %): {t16:.0f} / {t32:.0f} s; parameters "
                  f"{rows[SMALL].params / 1e6:.1f} M / {rows[LARGE].params / 1e6:.1f} M")
+        machines = {c: rows[c].get("machine", MACHINE_NOT_RECORDED) for c in registry.PAPER_CHANNELS}
+        if machines[SMALL] != machines[LARGE] or MACHINES_JOINED in machines[SMALL]:
+            faster = None
+            text += (f"; the times are not compared: ELU{SMALL} was timed on {machines[SMALL]}, ELU{LARGE} on "
+                     f"{machines[LARGE]}")
     else:
         text += "; no cost table (time to target not judged)"
     return text, ok, faster
@@ -242,15 +249,19 @@ def _judge(claim: Claim, evidence: Evidence, by_interval: dict, early_epoch: int
         text, ok, *unpaired = claim.judge(evidence)  # unpaired: a condition without per-seed values (C7's time)
     except _NotRecorded as missing:
         return {"evidence": str(missing), "verdict": NOT_RECORDED}
-    also = all(unpaired)
-    if claim.id in by_interval:
-        decided = by_interval[claim.id]
-        text += ("; decided by the seeds' 95 % intervals (the means alone would say "
-                 f"{REPRODUCED if ok and also else NOT_REPRODUCED})")
-        if decided is False or not also:
-            return {"evidence": text, "verdict": NOT_REPRODUCED}
-        return {"evidence": text, "verdict": REPRODUCED if decided else UNDECIDED}
-    return {"evidence": text, "verdict": REPRODUCED if ok and also else NOT_REPRODUCED}
+    if not ok or False in unpaired:
+        by_means = NOT_REPRODUCED
+    else:  # None: a condition that cannot be judged here (C7's times from two machines)
+        by_means = NOT_TESTABLE_MACHINES if None in unpaired else REPRODUCED
+    if claim.id not in by_interval:
+        return {"evidence": text, "verdict": by_means}
+    decided = by_interval[claim.id]
+    text += f"; decided by the seeds' 95 % intervals (the means alone would say {by_means})"
+    if decided is False or False in unpaired:
+        return {"evidence": text, "verdict": NOT_REPRODUCED}
+    if None in unpaired:
+        return {"evidence": text, "verdict": NOT_TESTABLE_MACHINES}
+    return {"evidence": text, "verdict": REPRODUCED if decided else UNDECIDED}
 
 
 def compare_arms(claims: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, str]:

@@ -110,6 +110,16 @@ def _target_levels(runs) -> dict[str, float]:
     return targets
 
 
+#: a variant's runs timed on more than one machine: their labels joined with this (:func:`cost_table`)
+MACHINES_JOINED = " + "
+#: the machine of a run started before runs recorded theirs (2026-12-06)
+MACHINE_NOT_RECORDED = "not recorded"
+
+
+def _machine(folder: RunFolder) -> str:
+    return MACHINES_JOINED.join(folder.machines()) or MACHINE_NOT_RECORDED
+
+
 def _cost_row(config: Config, history: pd.DataFrame, target: float) -> dict:
     steady = history["seconds"].iloc[1:] if len(history) > 1 else history["seconds"]
     paper = Config.from_profile("paper", activation=config.activation, activation_params=config.activation_params,
@@ -136,7 +146,9 @@ _COST_FIRSTS = ("params", "target_nrmse", "paper_memory_gib_estimate", "precisio
 
 
 def cost_table(profile: str, root: str | Path | None = None, write: bool = True) -> pd.DataFrame:
-    """Per arm and variant (mean over seeds): parameters, seconds per epoch and per iteration, peak memory, total time.
+    """Per arm and variant (mean over seeds): parameters, seconds per epoch and per iteration, peak memory, total time,
+    and the machines they were timed on (``machine``: labels joined by :data:`MACHINES_JOINED`; a study trained over
+    several sittings may mix machines, and its seconds are then not comparable across variants).
 
     Seconds per epoch is the median over epochs after the first (which holds one-off warm-up).
     Paper scale (four 160³ patches): memory is the estimate of :mod:`qsmrep.study.estimate`, the time per
@@ -148,16 +160,18 @@ def cost_table(profile: str, root: str | Path | None = None, write: bool = True)
     """
     runs = [(config, folder, folder.history()) for config, folder in list_runs(profile, root)]
     targets = _target_levels(runs)
-    table = pd.DataFrame([_cost_row(config, history, targets.get(config.arm, float("nan")))
-                          for config, _, history in runs if len(history)])
+    table = pd.DataFrame([{**_cost_row(config, history, targets.get(config.arm, float("nan"))), "machine": _machine(folder)}
+                          for config, folder, history in runs if len(history)])
     if len(table):
         aggregations = {"seeds": ("seed", "count"), "peak_mem_mb": ("peak_mem_mb", "max"),
+                        "machine": ("machine", lambda m: MACHINES_JOINED.join(sorted(set(MACHINES_JOINED.join(m).split(
+                            MACHINES_JOINED))))),
                         **{name: (name, "mean") for name in _COST_MEANS}, **{name: (name, "first") for name in _COST_FIRSTS}}
         table = table.groupby(["arm", "activation", "channels"], as_index=False, sort=False).agg(**aggregations)
         order = ["arm", "activation", "channels", "seeds", "params", "seconds_per_epoch", "seconds_per_iteration",
                  "train_seconds", "peak_mem_mb", "target_nrmse", "seconds_to_target",
                  "paper_seconds_per_iteration_extrapolated", "paper_memory_gib_estimate", "precision", "memory_format",
-                 "patch_size", "batch_size"]
+                 "patch_size", "batch_size", "machine"]
         table = table[order]
     return _write(table, profile, root, "costs.csv", write)
 
