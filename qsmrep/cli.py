@@ -154,7 +154,8 @@ def _add_run_commands(sub) -> None:
 def _add_study_commands(sub) -> None:
     p = sub.add_parser("status", help="list the study's runs with their state (finished, diverged, partial, empty)")
     _add_study_options(p)
-    p.add_argument("--todo", action="store_true", help="only the runs still to train, one key per line")
+    p.add_argument("--todo", action="store_true",
+                   help="only the runs still to train, one key per line, the widest (longest to train) first")
 
     p = sub.add_parser("job", help="one step of the workflow (called by workflow/Snakefile)")
     p.add_argument("step", choices=("train",), help="train: one run of the study, by key")
@@ -291,8 +292,11 @@ def _status(args) -> int:
     from qsmrep.study.plan import study_runs
 
     Config.from_profile(args.profile)
-    for spec in study_runs(args.profile, registry.parse_arms(args.arms), args.seeds, args.extended, args.guard,
-                           args.clip, args.widths):
+    specs = study_runs(args.profile, registry.parse_arms(args.arms), args.seeds, args.extended, args.guard, args.clip,
+                       args.widths)
+    if args.todo:  # a sitting that ends mid-training loses that training: the long ones first, in study order
+        specs.sort(key=lambda spec: -spec.channels)
+    for spec in specs:
         folder = RunFolder(spec.folder())
         if not args.todo:
             print(f"{spec.key}\t{folder.status()}")
