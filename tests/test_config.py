@@ -175,6 +175,8 @@ def test_precision_auto_follows_the_cpu(monkeypatch, amx, avx512_bf16, sound, ex
     assert (resolved.device, resolved.data_device, resolved.compile) == ("cpu", "cpu", "off")
     explicit = runtime.resolve(Config.from_profile("cpu", device="cpu", precision="fp32"))
     assert (explicit.precision, explicit.memory_format) == ("fp32", "contiguous")  # an explicit choice is kept
+    unit = "AMX" if amx else "AVX512-BF16" if avx512_bf16 else "no native bf16"  # what a run's seconds were timed on
+    assert runtime.machine_label("cpu").split(", ")[-2] == unit
 
 
 def test_cuda_requested_without_a_gpu_is_a_clear_error(monkeypatch):

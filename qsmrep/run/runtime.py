@@ -39,10 +39,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_bf16_unit() -> str | None:
+    """What computes bf16 in hardware on this CPU: ``AMX`` (tiles), ``AVX512-BF16`` (instructions), or None."""
+    for name, check in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported")):
+        if getattr(torch.cpu, check, None) is not None and getattr(torch.cpu, check)():
+            return name
+    return None
+
+
 def cpu_native_bf16() -> bool:
     """True when this CPU computes bf16 in hardware (AMX tiles or AVX512-BF16 instructions)."""
-    checks = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
-    return any(bool(check()) for check in checks if check is not None)
+    return cpu_bf16_unit() is not None
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -138,12 +145,14 @@ def cpu_name() -> str:
 
 def machine_label(device: torch.device | str = "cpu") -> str:
     """What a run's seconds on ``device`` are measured on, in one line: the GPU's name, or the CPU's model, its ATen
-    capability and the threads torch uses (e.g. ``AMD EPYC, AVX512, 1 thread``)."""
+    capability, its bf16 unit and the threads torch uses (e.g. ``AMD EPYC, AVX512, AVX512-BF16, 1 thread``)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     threads = torch.get_num_threads()
-    return f"{cpu_name()}, {torch.backends.cpu.get_cpu_capability()}, {threads} thread{'s' if threads > 1 else ''}"
+    parts = [cpu_name(), torch.backends.cpu.get_cpu_capability(), cpu_bf16_unit() or "no native bf16",
+             f"{threads} thread{'s' if threads > 1 else ''}"]
+    return ", ".join(parts)
 
 
 def hardware_summary() -> dict:
