@@ -154,8 +154,7 @@ def _add_run_commands(sub) -> None:
 def _add_study_commands(sub) -> None:
     p = sub.add_parser("status", help="list the study's runs with their state (finished, diverged, partial, empty)")
     _add_study_options(p)
-    p.add_argument("--todo", action="store_true",
-                   help="only the runs still to train, one key per line, the widest (longest to train) first")
+    p.add_argument("--todo", action="store_true", help="only the runs still to train, one key per line, widest first")
 
     p = sub.add_parser("job", help="one step of the workflow (called by workflow/Snakefile)")
     p.add_argument("step", choices=("train",), help="train: one run of the study, by key")
