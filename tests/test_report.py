@@ -246,6 +246,20 @@ def test_seed_statistics_interval_decides():
     assert table.loc["C6 NRMSE", "supports"] is None and np.isnan(table.loc["C6 NRMSE", "95 % CI low"])
 
 
+def test_a_process_records_the_commit_of_the_code_it_loaded(monkeypatch, tmp_path):
+    """A checkout pulled on while a training runs: the run's marker names the commit the process started with."""
+    from qsmrep.run import gitinfo
+
+    heads = iter(["loaded1", "pulled2", "other3"])
+    monkeypatch.setattr(gitinfo, "git", lambda root, *args: next(heads) if args[0] == "rev-parse" else "")
+    gitinfo._loaded_commit.cache_clear()
+    try:
+        assert [gitinfo.code_commit(), gitinfo.code_commit()] == ["loaded1", "loaded1"]
+        assert gitinfo.code_commit(tmp_path) == "pulled2"  # another checkout: read when asked
+    finally:
+        gitinfo._loaded_commit.cache_clear()
+
+
 def test_provenance_flags_code_changes_but_not_the_runs_own_outputs(tmp_path):
     import subprocess
 

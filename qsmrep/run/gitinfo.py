@@ -5,6 +5,7 @@ two, ``publish-reference`` the third, which is committed after it)."""
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from pathlib import Path
 
@@ -27,7 +28,20 @@ def code_changes(root: str | Path | None = None) -> str:
 
 
 def code_commit(root: str | Path | None = None) -> str:
-    """Short commit of the checkout (``+changes`` when its code differs from it), or ``unknown``."""
+    """Short commit of the checkout (``+changes`` when its code differs from it), or ``unknown``.
+
+    For the package's own checkout (``root`` None) it is read once per process: a training that runs for hours
+    records the commit of the code it loaded at its start, also in its completion marker, even where the checkout
+    was pulled on meanwhile (its modules are not reloaded)."""
+    return _loaded_commit() if root is None else _commit(root)
+
+
+@functools.lru_cache(maxsize=1)
+def _loaded_commit() -> str:
+    return _commit(None)
+
+
+def _commit(root: str | Path | None) -> str:
     commit = git(root, "rev-parse", "--short", "HEAD")
     if not commit:
         return "unknown"
