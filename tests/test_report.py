@@ -436,7 +436,8 @@ def test_c7_fails_when_a_relu_pair_matches_as_well_as_the_elu_pair():
 def test_c7_compares_training_times_only_from_one_machine():
     """ELU 16 and ELU 32 timed on different machines (a study trained over several sittings): the time condition is
     not judged, so a C7 whose NRMSE condition holds is not testable, and one whose NRMSE condition fails is still
-    not reproduced; the same machine on both sides (or none recorded, as before 2026-12-06) judges it."""
+    not reproduced; the same machine on both sides (or none recorded, as before 2026-12-06) judges it, and so do
+    the steps timed again on one machine."""
     from qsmrep.study.claims import NOT_TESTABLE_MACHINES
 
     histories, metrics, costs = _paper_like()
@@ -452,6 +453,14 @@ def test_c7_compares_training_times_only_from_one_machine():
     matched = metrics.copy()
     matched.loc[(matched.activation == "relu") & (matched.channels == 16) & (matched.epoch == 20), "nrmse"] = 21.0
     assert evaluate_claims(histories, matched, 4, 20, mixed).set_index("id").loc["C7", "verdict"] == NOT_REPRODUCED
+    # the steps timed again on one machine (collect.cost_table does it where the machines differ) decide the time
+    for small, large, verdict in ((300.0, 900.0, REPRODUCED), (900.0, 300.0, NOT_REPRODUCED),
+                                  (float("nan"), 300.0, NOT_REPRODUCED)):
+        retimed = mixed.assign(seconds_to_target_here=[small if c == 16 else large for c in mixed.channels],
+                               timed_here_on="Here CPU, AVX2, no native bf16, 2 threads")
+        c7 = evaluate_claims(histories, metrics, 4, 20, retimed).set_index("id").loc["C7"]
+        assert c7.verdict == verdict, (small, large, c7.evidence)
+        assert "timed again on one machine (Here CPU, AVX2, no native bf16, 2 threads)" in c7.evidence
 
 
 def test_c8_is_not_testable_on_runs_that_recorded_only_never_positive_channels():

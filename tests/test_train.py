@@ -144,7 +144,7 @@ def test_second_call_does_nothing(reference, monkeypatch):
 
 def test_cost_table_names_the_machines_each_variant_was_timed_on(reference, tmp_path):
     """Two seeds of one variant, timed on two machines, and a run from before machines were recorded: the cost
-    table joins the first pair's machines and says 'not recorded' for the other."""
+    table joins the first pair's machines and says 'not recorded' for the other, and times the step again here."""
     import shutil
 
     from qsmrep.study.collect import cost_table
@@ -163,6 +163,17 @@ def test_cost_table_names_the_machines_each_variant_was_timed_on(reference, tmp_
     table = cost_table("smoke", tmp_path, write=False)
     assert len(table) == 1 and table.seeds.iloc[0] == 3
     assert table.machine.iloc[0] == "A CPU, AVX512, 2 threads + B CPU, AVX2, 1 thread + not recorded"
+    # timed on several machines: the step is timed again here, and the time to target follows in iterations
+    row = table.iloc[0]
+    assert row.timed_here_on == runtime.machine_label(runtime.resolve_device("auto"))
+    assert 0 < row.seconds_per_iteration_here < 60
+    assert 0 < row.iterations_to_target <= cfg.iterations * cfg.epochs and row.iterations_to_target % cfg.iterations == 0
+    assert row.seconds_to_target_here == pytest.approx(row.iterations_to_target * row.seconds_per_iteration_here)
+    for seed in (0, 1, 2):
+        meta_path = runs / f"{cfg.variant}_s{seed}" / "run.json"
+        meta = json.loads(meta_path.read_text())
+        meta_path.write_text(json.dumps({**meta, "machines": ["A CPU, AVX512, 2 threads"]}))
+    assert "seconds_per_iteration_here" not in cost_table("smoke", tmp_path, write=False)  # one machine: no re-timing
 
 
 def test_different_config_in_same_folder_is_refused(reference):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -56,6 +57,26 @@ def build_model(config: Config, device: torch.device | str = "cpu") -> UNet3D:
     torch.manual_seed(config.seed)
     model = UNet3D(**config.model_kwargs()).to(device)
     return runtime.to_memory_format(model, config.memory_format)
+
+
+def time_training_step(config: Config, steps: int = 5, warmup: int = 2) -> float:
+    """Median seconds of one training step of ``config``'s network on this machine, in the setting this machine
+    resolves for it (``auto`` device, precision and memory format), on random inputs of its batch and patch size:
+    the cost of variants compared on one machine where their runs were timed on several
+    (:func:`qsmrep.study.collect.cost_table`). Each step's loss is read back, so the time is the step's whole."""
+    config = runtime.resolve(config.replace(device="auto", precision="auto", memory_format="auto", compile="off"))
+    device = torch.device(config.device)
+    model = build_model(config, device)
+    step = TrainingStep.from_config(config, model, PhysicsInformedLoss.from_config(config), device)
+    generator = torch.Generator().manual_seed(config.seed)
+    shape = (config.batch_size, 1, config.patch_size, config.patch_size, config.patch_size)
+    field, chi = (scale * torch.randn(shape, generator=generator).to(device) for scale in (0.05, config.synth.chi_std))
+    seconds = []
+    for _ in range(warmup + steps):
+        started = time.perf_counter()
+        float(step(field, chi).parts["total"])
+        seconds.append(time.perf_counter() - started)
+    return float(statistics.median(seconds[warmup:]))
 
 
 def train(config: Config, out: str | Path, progress: bool = True, force: bool = False,

@@ -135,9 +135,15 @@ def _c7(e: Evidence) -> tuple[str, bool, bool | None]:
                  f"{rows[SMALL].params / 1e6:.1f} M / {rows[LARGE].params / 1e6:.1f} M")
         machines = {c: rows[c].get("machine", MACHINE_NOT_RECORDED) for c in registry.PAPER_CHANNELS}
         if machines[SMALL] != machines[LARGE] or MACHINES_JOINED in machines[SMALL]:
-            faster = None
-            text += (f"; the times are not compared: ELU{SMALL} was timed on {machines[SMALL]}, ELU{LARGE} on "
-                     f"{machines[LARGE]}")
+            text += f"; but ELU{SMALL} was timed on {machines[SMALL]}, ELU{LARGE} on {machines[LARGE]}"
+            if "seconds_to_target_here" not in e.costs:
+                faster = None
+                text += ": the times are not compared"
+            else:  # a variant that never reached the target (NaN) is not the faster one
+                here = {c: rows[c].seconds_to_target_here for c in registry.PAPER_CHANNELS}
+                faster = bool(here[SMALL] < here[LARGE])
+                text += (f"; their iterations to the target × a training step timed again on one machine "
+                         f"({rows[SMALL].timed_here_on}): {here[SMALL]:.0f} / {here[LARGE]:.0f} s")
     else:
         text += "; no cost table (time to target not judged)"
     return text, ok, faster

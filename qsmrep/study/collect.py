@@ -127,12 +127,14 @@ def _cost_row(config: Config, history: pd.DataFrame, target: float) -> dict:
     voxel_ratio = (paper.batch_size * paper.patch_size**3) / (config.batch_size * config.patch_size**3)
     reached = epochs_to_reach(history.set_index("epoch")["val_nrmse"], target)
     per_iteration = float(steady.median()) / config.iterations
+    iterations_to_target = float(history.loc[history.epoch <= reached, "iterations"].sum()) \
+        if reached != float("inf") else float("nan")
     return {**labels(config), "params": count_parameters(UNet3D(**config.model_kwargs())),
             "seconds_per_epoch": float(steady.median()), "seconds_per_iteration": per_iteration,
             "train_seconds": float(history["seconds"].sum()), "peak_mem_mb": float(history["peak_mem_mb"].max()),
             "target_nrmse": target,
             "seconds_to_target": float(history.loc[history.epoch <= reached, "seconds"].sum())
-            if reached != float("inf") else float("nan"),
+            if reached != float("inf") else float("nan"), "iterations_to_target": iterations_to_target,
             "paper_seconds_per_iteration_extrapolated": per_iteration * voxel_ratio,
             "paper_memory_gib_estimate": training_memory_bytes(paper) / 2**30,
             "precision": config.precision, "memory_format": config.memory_format,
@@ -140,7 +142,27 @@ def _cost_row(config: Config, history: pd.DataFrame, target: float) -> dict:
 
 
 _COST_MEANS = ("seconds_per_epoch", "seconds_per_iteration", "train_seconds", "seconds_to_target",
-               "paper_seconds_per_iteration_extrapolated")
+               "iterations_to_target", "paper_seconds_per_iteration_extrapolated")
+
+
+def machines_of(labels: pd.Series) -> set[str]:
+    """The machines named in a ``machine`` column (each cell: labels joined by :data:`MACHINES_JOINED`)."""
+    return {machine for cell in labels for machine in str(cell).split(MACHINES_JOINED)}
+
+
+def _timed_here(table: pd.DataFrame, configs: dict[tuple, Config]) -> pd.DataFrame:
+    """Where the table's variants were timed on more than one machine: each variant's training step timed again on
+    this machine (:func:`qsmrep.run.trainer.time_training_step`), ``seconds_per_iteration_here``, ``timed_here_on``,
+    and ``seconds_to_target_here`` = iterations to the target × that step (training steps only)."""
+    from qsmrep.run.runtime import machine_label, resolve_device
+    from qsmrep.run.trainer import time_training_step
+
+    if len(machines_of(table.machine)) < 2:
+        return table
+    keys = list(zip(table.arm, table.activation, table.channels))
+    here = [time_training_step(configs[key]) for key in keys]
+    return table.assign(seconds_per_iteration_here=here, seconds_to_target_here=table.iterations_to_target * here,
+                        timed_here_on=machine_label(resolve_device("auto")))
 _COST_FIRSTS = ("params", "target_nrmse", "paper_memory_gib_estimate", "precision", "memory_format", "patch_size",
                 "batch_size")
 
@@ -156,7 +178,10 @@ def cost_table(profile: str, root: str | Path | None = None, write: bool = True)
     unless this run is the paper profile; GPU measurements, where committed, are shown beside it by
     the report. ``seconds_to_target`` is the training time until the validation NRMSE first reaches
     ``target_nrmse``: the highest end level (median over the last 20 % of epochs) of the arm's
-    finished runs, a level every finished run reaches and that a last-epoch spike cannot inflate.
+    finished runs, a level every finished run reaches and that a last-epoch spike cannot inflate;
+    ``iterations_to_target`` is the same in iterations, which no machine changes. Where the runs were timed on more
+    than one machine, every variant's step is timed again here (``seconds_per_iteration_here``,
+    ``seconds_to_target_here``, ``timed_here_on``), so that their costs can still be compared on one machine.
     """
     runs = [(config, folder, folder.history()) for config, folder in list_runs(profile, root)]
     targets = _target_levels(runs)
@@ -169,10 +194,10 @@ def cost_table(profile: str, root: str | Path | None = None, write: bool = True)
                         **{name: (name, "mean") for name in _COST_MEANS}, **{name: (name, "first") for name in _COST_FIRSTS}}
         table = table.groupby(["arm", "activation", "channels"], as_index=False, sort=False).agg(**aggregations)
         order = ["arm", "activation", "channels", "seeds", "params", "seconds_per_epoch", "seconds_per_iteration",
-                 "train_seconds", "peak_mem_mb", "target_nrmse", "seconds_to_target",
+                 "train_seconds", "peak_mem_mb", "target_nrmse", "seconds_to_target", "iterations_to_target",
                  "paper_seconds_per_iteration_extrapolated", "paper_memory_gib_estimate", "precision", "memory_format",
                  "patch_size", "batch_size", "machine"]
-        table = table[order]
+        table = _timed_here(table[order], {(c.arm, c.activation, c.initial_channels): c for c, _, _ in reversed(runs)})
     return _write(table, profile, root, "costs.csv", write)
 
 
