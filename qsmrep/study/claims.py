@@ -121,8 +121,9 @@ def _c6(e: Evidence) -> tuple[str, bool]:
 
 
 def _c7(e: Evidence) -> tuple[str, bool, bool | None]:
-    """(evidence, the NRMSE ratios hold, the training time to target holds): the time is not a per-seed quantity;
-    None where the two models were not timed on one and the same machine (the cost table's ``machine``)."""
+    """(evidence, the NRMSE ratios hold, the training time to target holds): the time is not a per-seed quantity.
+    Where the two models were timed on different machines (the cost table's ``machine``) the time is that of
+    their steps timed again on one (``seconds_to_target_here``), or None where the table has none."""
     ratio = {a: e.test(a, SMALL, e.final_epoch, "nrmse") / e.test(a, LARGE, e.final_epoch, "nrmse") for a in ACTS}
     ok, faster = ratio[BEST] <= C7_MATCH and ratio[BEST] < min(ratio[a] for a in OTHERS), True
     text = (f"test NRMSE {SMALL}/{LARGE}-channel ratio: " + ", ".join(f"{a} {ratio[a]:.2f}" for a in ACTS))
