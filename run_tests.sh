@@ -12,4 +12,9 @@ if [ "${QSMREP_NO_INSTALL:-0}" = 1 ] && ! "$PY" -c 'import importlinter' 2>/dev/
 else
   "$PY" -c 'import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())' --no-cache
 fi
-exec "$PY" -m pytest "$@"
+# one pytest worker per core, at most 4 (pytest-xdist; QSMREP_TEST_WORKERS=1 runs them one after another, and so
+# does an interpreter without xdist, e.g. a given one); a "-n N" among the arguments wins, being the later
+WORKERS=${QSMREP_TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}
+PARALLEL=()
+[ "$WORKERS" -gt 1 ] && "$PY" -c 'import xdist' 2>/dev/null && PARALLEL=(-n "$WORKERS")
+exec "$PY" -m pytest "${PARALLEL[@]}" "$@"

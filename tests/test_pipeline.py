@@ -96,7 +96,7 @@ def _two_gpu_env(tmp_path) -> dict:
     stub.parent.mkdir(exist_ok=True)
     stub.write_text('#!/bin/sh\necho "GPU 0: stub (UUID: GPU-0)"\necho "GPU 1: stub (UUID: GPU-1)"\n')
     stub.chmod(0o755)
-    env = {**os.environ, "QSMREP_VENV": str(Path(sys.executable).resolve().parents[1]),
+    env = {**os.environ, "QSMREP_VENV": sys.prefix,
            "PATH": f"{stub.parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MPLBACKEND", None)
     return env
@@ -132,8 +132,10 @@ def _killed_mid_training(project, env) -> Path:
 def test_run_all_smoke_end_to_end(tmp_path):
     """./run_all.sh --profile smoke --jobs 2 on two (stub) GPUs: killed mid-training and run again with both arms, it
     resumes the interrupted training, trains the other arm, never puts two running trainings on one GPU, and writes
-    the report with the arms side by side, the figures and the metric tables; a second run does nothing within 30 s; touching qsmrep/metrics.py re-runs evaluation, figures
-    and report but no training; a failing step exits non-zero and keeps what is finished."""
+    the report with the arms side by side, the figures and the metric tables; a second run does nothing; touching
+    qsmrep/core/metrics.py plans evaluation, figures and report but no training; runs kept without weights and restored are
+    not trained again; a failing step exits non-zero, does every step that does not need it (evaluation from the
+    restored scores records, equal to the weights' evaluation) and keeps what is finished."""
     project = _copy_project(tmp_path)
     env = _two_gpu_env(tmp_path)
     interrupted = _killed_mid_training(project, env)
@@ -167,15 +169,12 @@ def test_run_all_smoke_end_to_end(tmp_path):
     assert second.returncode == 0, log[-3000:]
     assert "Nothing to be done" in log and "papermill" not in log.lower()
 
-    report_time = (results / "report.html").stat().st_mtime
-    (project / "qsmrep" / "metrics.py").touch()
+    # (what the plan says is run: the failing run at the end runs evaluation and figures of finished trainings)
+    (project / "qsmrep" / "core" / "metrics.py").touch()
     dry, log = _run_all(project, env, "--arm", "both", "--dry-run", timeout=300)
     assert dry.returncode == 0, log[-3000:]
     planned = set(re.findall(r"^rule (\w+):", log, flags=re.M))
     assert {"evaluate", "figure2", "figure3", "figure4", "report"} <= planned and "train" not in planned, planned
-    third, log = _run_all(project, env, "--arm", "both", timeout=600)
-    assert third.returncode == 0, log[-3000:]
-    assert "started" not in log and (results / "report.html").stat().st_mtime > report_time
 
     # runs kept without weights (python -m qsmrep shelve) on a machine that has nothing but the repository: restored,
     # they are not trained again, and the evaluation reads their scores records
