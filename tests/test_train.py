@@ -174,6 +174,16 @@ def test_cost_table_names_the_machines_each_variant_was_timed_on(reference, tmp_
         meta = json.loads(meta_path.read_text())
         meta_path.write_text(json.dumps({**meta, "machines": ["A CPU, AVX512, 2 threads"]}))
     assert "seconds_per_iteration_here" not in cost_table("smoke", tmp_path, write=False)  # one machine: no re-timing
+    # epochs of 2 s each, the second paused for 10 min: the pause adds to the plain sum, not to the time to the target
+    for seed in (0, 1, 2):
+        history_path = runs / f"{cfg.variant}_s{seed}" / "history.csv"
+        history = pd.read_csv(history_path).assign(seconds=2.0)
+        history.loc[history.epoch == 2, "seconds"] += 600.0
+        history.to_csv(history_path, index=False)
+    paused = cost_table("smoke", tmp_path, write=False).iloc[0]
+    assert paused.train_seconds == pytest.approx(2.0 * cfg.epochs + 600.0)
+    assert paused.iterations_to_target >= 2 * cfg.iterations  # the paused epoch is on the way to the target
+    assert paused.seconds_to_target == pytest.approx(paused.iterations_to_target * 2.0 / cfg.iterations)
 
 
 def test_different_config_in_same_folder_is_refused(reference):

@@ -128,13 +128,12 @@ def _cost_row(config: Config, history: pd.DataFrame, target: float) -> dict:
     reached = epochs_to_reach(history.set_index("epoch")["val_nrmse"], target)
     per_iteration = float(steady.median()) / config.iterations
     iterations_to_target = float(history.loc[history.epoch <= reached, "iterations"].sum()) \
-        if reached != float("inf") else float("nan")
+        if reached != float("inf") else float("nan")  # nan: not reached, and so is the time to it
     return {**labels(config), "params": count_parameters(UNet3D(**config.model_kwargs())),
             "seconds_per_epoch": float(steady.median()), "seconds_per_iteration": per_iteration,
             "train_seconds": float(history["seconds"].sum()), "peak_mem_mb": float(history["peak_mem_mb"].max()),
-            "target_nrmse": target,
-            "seconds_to_target": float(history.loc[history.epoch <= reached, "seconds"].sum())
-            if reached != float("inf") else float("nan"), "iterations_to_target": iterations_to_target,
+            "target_nrmse": target, "seconds_to_target": iterations_to_target * per_iteration,
+            "iterations_to_target": iterations_to_target,
             "paper_seconds_per_iteration_extrapolated": per_iteration * voxel_ratio,
             "paper_memory_gib_estimate": training_memory_bytes(paper) / 2**30,
             "precision": config.precision, "memory_format": config.memory_format,
@@ -176,10 +175,11 @@ def cost_table(profile: str, root: str | Path | None = None, write: bool = True)
     Paper scale (four 160³ patches): memory is the estimate of :mod:`qsmrep.study.estimate`, the time per
     iteration is *extrapolated* from this run by the voxel ratio (compute grows linearly with voxels),
     unless this run is the paper profile; GPU measurements, where committed, are shown beside it by
-    the report. ``seconds_to_target`` is the training time until the validation NRMSE first reaches
+    the report. ``iterations_to_target`` is the number of iterations until the validation NRMSE first reaches
     ``target_nrmse``: the highest end level (median over the last 20 % of epochs) of the arm's
-    finished runs, a level every finished run reaches and that a last-epoch spike cannot inflate;
-    ``iterations_to_target`` is the same in iterations, which no machine changes. Where the runs were timed on more
+    finished runs, a level every finished run reaches and that a last-epoch spike cannot inflate; no machine changes
+    it. ``seconds_to_target`` = ``iterations_to_target`` × seconds per iteration, the median epoch's pace: an epoch
+    slowed by other work on the machine, or paused, does not count (``train_seconds`` is the plain sum). Where the runs were timed on more
     than one machine, every variant's step is timed again here (``seconds_per_iteration_here``,
     ``seconds_to_target_here``, ``timed_here_on``), so that their costs can still be compared on one machine.
     """
