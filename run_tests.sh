@@ -17,4 +17,4 @@ fi
 WORKERS=${QSMREP_TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}
 PARALLEL=()
 [ "$WORKERS" -gt 1 ] && "$PY" -c 'import xdist' 2>/dev/null && PARALLEL=(-n "$WORKERS")
-exec "$PY" -m pytest "${PARALLEL[@]}" "$@"
+exec "$PY" -m pytest ${PARALLEL[@]+"${PARALLEL[@]}"} "$@"

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 
 def pytest_configure(config):
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        share = str(max(1, (os.cpu_count() or 1) // workers))
+        share = str(max(1, len(os.sched_getaffinity(0)) // workers))
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = share
         import torch
 
