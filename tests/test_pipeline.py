@@ -133,8 +133,8 @@ def test_run_all_smoke_end_to_end(tmp_path):
     """./run_all.sh --profile smoke --jobs 2 on two (stub) GPUs: killed mid-training and run again with both arms, it
     resumes the interrupted training, trains the other arm, never puts two running trainings on one GPU, and writes
     the report with the arms side by side, the figures and the metric tables; a second run does nothing; touching
-    qsmrep/core/metrics.py plans evaluation, figures and report but no training; runs kept without weights and restored are
-    not trained again; a failing step exits non-zero, does every step that does not need it (evaluation from the
+    qsmrep/core/metrics.py plans evaluation, figures and report but no training; runs kept without weights and
+    restored are not trained again; a failing step exits non-zero, does every step that does not need it (evaluation from the
     restored scores records, equal to the weights' evaluation) and keeps what is finished."""
     project = _copy_project(tmp_path)
     env = _two_gpu_env(tmp_path)
@@ -169,7 +169,7 @@ def test_run_all_smoke_end_to_end(tmp_path):
     assert second.returncode == 0, log[-3000:]
     assert "Nothing to be done" in log and "papermill" not in log.lower()
 
-    # (what the plan says is run: the failing run at the end runs evaluation and figures of finished trainings)
+    # the plan only: the failing run at the end executes evaluation and figures over finished trainings
     (project / "qsmrep" / "core" / "metrics.py").touch()
     dry, log = _run_all(project, env, "--arm", "both", "--dry-run", timeout=300)
     assert dry.returncode == 0, log[-3000:]

@@ -126,11 +126,12 @@ def _cost_row(config: Config, history: pd.DataFrame, target: float) -> dict:
                                 initial_channels=config.initial_channels, norm=config.norm, precision=config.precision)
     voxel_ratio = (paper.batch_size * paper.patch_size**3) / (config.batch_size * config.patch_size**3)
     reached = epochs_to_reach(history.set_index("epoch")["val_nrmse"], target)
-    per_iteration = float(steady.median()) / config.iterations
+    per_epoch = float(steady.median())
+    per_iteration = per_epoch / config.iterations
     iterations_to_target = float(history.loc[history.epoch <= reached, "iterations"].sum()) \
         if reached != float("inf") else float("nan")  # nan: not reached, and so is the time to it
     return {**labels(config), "params": count_parameters(UNet3D(**config.model_kwargs())),
-            "seconds_per_epoch": float(steady.median()), "seconds_per_iteration": per_iteration,
+            "seconds_per_epoch": per_epoch, "seconds_per_iteration": per_iteration,
             "train_seconds": float(history["seconds"].sum()), "peak_mem_mb": float(history["peak_mem_mb"].max()),
             "target_nrmse": target, "seconds_to_target": iterations_to_target * per_iteration,
             "iterations_to_target": iterations_to_target,
@@ -179,8 +180,8 @@ def cost_table(profile: str, root: str | Path | None = None, write: bool = True)
     ``target_nrmse``: the highest end level (median over the last 20 % of epochs) of the arm's
     finished runs, a level every finished run reaches and that a last-epoch spike cannot inflate; no machine changes
     it. ``seconds_to_target`` = ``iterations_to_target`` × seconds per iteration, the median epoch's pace: an epoch
-    slowed by other work on the machine, or paused, does not count (``train_seconds`` is the plain sum). Where the runs were timed on more
-    than one machine, every variant's step is timed again here (``seconds_per_iteration_here``,
+    slowed by other work on the machine, or paused, does not count (``train_seconds`` is the plain sum).
+    Where the runs were timed on more than one machine, every variant's step is timed again here (``seconds_per_iteration_here``,
     ``seconds_to_target_here``, ``timed_here_on``), so that their costs can still be compared on one machine.
     """
     runs = [(config, folder, folder.history()) for config, folder in list_runs(profile, root)]
