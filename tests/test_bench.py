@@ -273,7 +273,7 @@ def test_bench_help():
     result = subprocess.run([sys.executable, "-m", "qsmrep", "bench", "--help"], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0
-    for option in ("--profile", "--quick", "--json", "--no-monai", "--paper-rows", "--save"):
+    for option in ("--profile", "--quick", "--json", "--no-monai", "--paper-rows", "--save", "--breakdown"):
         assert option in result.stdout
     for said in ("data path", "validation", "evaluation", "projected wall time"):  # what --profile paper measures
         assert said in " ".join(result.stdout.split())
@@ -398,3 +398,50 @@ def test_default_step_row_sets_the_adopted_elu16_step_beside_fp32_with_the_guard
     (row,) = headline.default_step_rows(rows, "cpu", "cpu")
     assert (row["precision"], row["seconds_per_iter"]) == ("fp32", 0.28) and row["guard"].startswith("failed")
     assert headline.default_step_rows(rows[1:2], "cpu", "cpu") == []  # ELU 16 not timed: no row
+
+
+def test_breakdown_accounts_for_the_whole_profiled_step():
+    """The categories' self CPU times add up to the profiled step's wall time (the backward pass runs on the calling
+    thread on a CPU, so every operation's self time lies inside the step and none is counted twice), and the step's
+    parts each land in their own category: the convolutions forward and backward, batch normalisation, ELU, the
+    loss's dipole FFTs and AdamW."""
+    from qsmrep.bench.breakdown import breakdown_rows, breakdown_table
+
+    spec = StepSpec(**{**TINY, "depth": 3, "warmup": 2})
+    rows = breakdown_rows(spec, iters=3)
+    shares = {r["category"]: r["share"] for r in rows}
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert [r["ms_per_iter"] for r in rows] == sorted((r["ms_per_iter"] for r in rows), reverse=True)
+    for part in ("convolution forward", "convolution backward", "normalisation", "activation", "dipole FFTs (loss)",
+                 "optimiser (AdamW)"):
+        assert shares.get(part, 0) > 0, part
+    step_ms = 1000 * rows[0]["seconds_per_iter"]
+    total_ms = sum(r["ms_per_iter"] for r in rows)
+    assert 0.3 * step_ms < total_ms < 1.5 * step_ms, (total_ms, step_ms)
+    by_category = {r["category"]: r["top_ops"] for r in rows}
+    assert "aten::elu" in by_category["activation"] and "convolution_backward" in by_category["convolution backward"]
+    assert "_fft_" in by_category["dipole FFTs (loss)"]
+    table = breakdown_table(rows)
+    assert table.startswith("elu4, batch 2 x 16^3, fp32/contiguous") and table.count("\n") == len(rows)
+
+
+def test_breakdown_categories_by_name_and_caller():
+    from qsmrep.bench.breakdown import OPTIMISER, OTHER, category
+
+    assert category("aten::threshold_backward") == category("aten::leaky_relu") == "activation"  # ReLU's backward
+    assert category("aten::linalg_vector_norm") == OTHER  # gradient clipping is not a normalisation layer
+    assert category("aten::native_batch_norm_backward") == "normalisation"
+    assert category("aten::mkldnn_convolution") == "convolution forward"
+    assert category("aten::copy_") == "casts and layout copies"
+    assert category("aten::copy_", ("aten::_foreach_copy_", "Optimizer.step#AdamW.step")) == OPTIMISER
+
+
+def test_breakdown_specs_profile_the_adopted_setting_and_fp32(monkeypatch):
+    from qsmrep.bench.breakdown import breakdown_specs
+    from qsmrep.run import runtime
+
+    monkeypatch.setattr(runtime, "resolve", lambda c: c.replace(precision="bf16", memory_format="channels_last",
+                                                                compile="off"))
+    adopted, plain = breakdown_specs("cpu", "cpu")
+    assert (adopted.variant, adopted.batch, adopted.patch, adopted.setting) == ("elu16", 4, 32, "bf16/channels_last_3d")
+    assert plain.setting == "fp32/contiguous" and breakdown_specs("cpu", "cpu", quick=True) == [adopted]

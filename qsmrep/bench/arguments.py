@@ -19,6 +19,10 @@ def add_parser(sub) -> None:
                         "the GPU check on a CPU)")
     p.add_argument("--quick", action="store_true",
                    help="fewer repeats and cases, bf16 only where native (≤ 5 minutes on 2 cores, any CPU)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="only a torch.profiler breakdown of the ELU 16 step at the profile's batch and patch: its self "
+                        "CPU time by kind of operation (convolution forward and backward, normalisation, activation, "
+                        "optimiser, casts, ...), in the setting a run adopts here and in plain fp32 beside it")
     p.add_argument("--json", action="store_true", help="print one JSON object per case")
     p.add_argument("--no-monai", action="store_true", help="skip the MONAI BasicUNet reference")
     p.add_argument("--save", nargs="?", const=True, default=False, metavar="FOLDER",

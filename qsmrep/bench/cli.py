@@ -29,6 +29,10 @@ rehearsal of the GPU check on a CPU; with ``--quick`` the decisive rows only, fr
 iterations each). ``--save`` writes the rows to ``results/bench/<card>-<date>.jsonl``
 (or another folder), rewritten as each row is measured, so a run cut off keeps the rows it made.
 
+``--breakdown`` measures nothing else: a ``torch.profiler`` breakdown of the ELU 16 CPU step at the profile's batch
+and patch by kind of operation, in the setting a run adopts on this CPU and in plain fp32
+(:mod:`qsmrep.bench.breakdown`).
+
 ``--quick`` runs fewer repeats and cases and stops starting training-step cases after
 :data:`QUICK_BUDGET_SECONDS`, so that it ends within 5 minutes.
 """
@@ -49,6 +53,7 @@ from qsmrep.run import files
 from qsmrep.run.config import Config
 from qsmrep.run.runtime import resolve_device
 from qsmrep.study.plan import project_root
+from qsmrep.bench.breakdown import breakdown_rows, breakdown_specs, breakdown_table
 from qsmrep.bench.data import forward_field_rows, generator_rows, stall_rows
 from qsmrep.bench.headline import default_step_rows
 from qsmrep.bench.paper import card_name, paper_rows
@@ -196,7 +201,11 @@ def main(args) -> int:
     if out.save:
         _log(f"rows are written to {out.save} as they are measured")
     use_monai = _monai_wanted(args)
-    if profile == "paper" or getattr(args, "paper_rows", False):
+    if getattr(args, "breakdown", False):  # the CPU step's breakdown, on a GPU machine too
+        for spec in breakdown_specs(profile, "cpu", quick):
+            _log(f"profiling {spec.variant} patch {spec.patch} {spec.setting}")
+            out(breakdown_rows(spec))
+    elif profile == "paper" or getattr(args, "paper_rows", False):
         _paper(out, profile, device, use_monai, bool(getattr(args, "paper_rows", False)), quick)
     else:
         _train_steps(out, profile, quick, device)
@@ -205,7 +214,7 @@ def main(args) -> int:
             _monai_comparison(out, profile, quick, device)
         _data_side(out, profile, quick, device)
     if not args.json:
-        print(summary_table(out.rows))
+        print(breakdown_table(out.rows) if getattr(args, "breakdown", False) else summary_table(out.rows))
     failed = [r for r in out.rows if r.get("error")]
     _log(f"done in {out.elapsed():.0f} s, {len(out.rows)} rows, {len(failed)} failed")
     return 1 if failed else 0

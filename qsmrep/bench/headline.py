@@ -19,7 +19,8 @@ from qsmrep.bench.rows import make_row
 #: CPU step targets in s/iter for ELU 16 at the profile's patch and batch (issue 23: ≤ 0.10 s at 4 × 32³ on a
 #: 2-core AMX machine)
 STEP_TARGET_SECONDS = {"cpu": 0.10}
-VARIANT = "elu16"
+ACTIVATION, CHANNELS = "elu", 16
+VARIANT = f"{ACTIVATION}{CHANNELS}"
 
 
 def guard_verdict(device: str) -> str:

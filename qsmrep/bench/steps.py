@@ -183,7 +183,7 @@ def timed_step(step: TrainingStep, field: torch.Tensor, chi: torch.Tensor) -> tu
     return seconds, require_finite(result)
 
 
-def _prepare(spec: StepSpec, device: torch.device) -> tuple[TrainingStep, torch.Tensor, torch.Tensor]:
+def prepare_step(spec: StepSpec, device: torch.device) -> tuple[TrainingStep, torch.Tensor, torch.Tensor]:
     """The training step of ``spec`` (model seeded with ``spec.seed``, in its memory format) and random inputs."""
     config = step_config(spec)
     torch.manual_seed(config.seed)
@@ -199,7 +199,7 @@ def time_step(spec: StepSpec) -> dict:
     "peak_mem_increase_mb", "peak_mem_kind", "loss"}``. Raises FloatingPointError on a non-finite step."""
     device = runtime.resolve_device(spec.device)
     memory = PeakMemory(device)
-    step, field, chi = _prepare(spec, device)
+    step, field, chi = prepare_step(spec, device)
     warm: list[float] = []
     while len(warm) < MAX_WARMUP and (len(warm) < spec.warmup or (len(warm) >= 2 and warm[-1] < FALLING * warm[-2])):
         warm.append(timed_step(step, field, chi)[0])
@@ -298,4 +298,5 @@ def speed_ratio_rows(rows: list[dict]) -> list[dict]:
 
 
 __all__ = ["StepSpec", "step_config", "build_net", "monai_available", "count_flops", "step_flops", "require_finite",
+           "prepare_step",
            "timed_step", "time_step", "run_step_case", "speed_ratio_rows", "PRELOAD"]
