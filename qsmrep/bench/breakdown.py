@@ -25,19 +25,23 @@ from dataclasses import replace
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from qsmrep.core.unet import ACTIVATIONS
 from qsmrep.run import runtime
 from qsmrep.run.config import Config
 from qsmrep.bench.headline import ACTIVATION, CHANNELS
 from qsmrep.bench.rows import make_row
 from qsmrep.bench.steps import StepSpec, prepare_step, timed_step
 
+# the U-Net's activations as aten operations (ReLU's backward is aten::threshold_backward) and as autograd nodes
+_ACTIVATION_OPS = (rf"aten::({'|'.join([*ACTIVATIONS, 'threshold'])})(_backward)?_?$"
+                   rf"|({'|'.join(name.title().replace('_', '') for name in ACTIVATIONS)})Backward")
 #: (category, pattern on the operation's name), the first that matches wins; operations inside
 #: ``Optimizer.step`` or ``Optimizer.zero_grad`` are ``optimiser (AdamW)`` whatever their name
 CATEGORIES: tuple[tuple[str, str], ...] = (
     ("convolution backward", r"conv\w*backward|ConvolutionBackward"),
     ("convolution forward", r"conv"),
     ("normalisation", r"(batch|instance|group|layer)_?norm|BatchNorm"),
-    ("activation", r"aten::(elu|relu|leaky_relu|gelu|silu|threshold)(_backward)?_?$|(Elu|Relu|LeakyRelu)Backward"),
+    ("activation", _ACTIVATION_OPS),
     ("dipole FFTs (loss)", r"fft"),
     ("pooling and concatenation", r"max_pool|MaxPool|aten::cat\b|CatBackward"),
     ("casts and layout copies", r"aten::(copy_|_to_copy|to|clone|contiguous)$|ToCopyBackward"),
