@@ -134,8 +134,8 @@ def test_run_all_smoke_end_to_end(tmp_path):
     resumes the interrupted training, trains the other arm, never puts two running trainings on one GPU, and writes
     the report with the arms side by side, the figures and the metric tables; a second run does nothing; touching
     qsmrep/core/metrics.py plans evaluation, figures and report but no training; runs kept without weights and
-    restored are not trained again; a failing step exits non-zero, does every step that does not need it (evaluation from the
-    restored scores records, equal to the weights' evaluation) and keeps what is finished."""
+    restored are not trained again; a failing step exits non-zero, does every step that does not need it (evaluation
+    from the restored scores records, equal to the weights' evaluation) and keeps what is finished."""
     project = _copy_project(tmp_path)
     env = _two_gpu_env(tmp_path)
     interrupted = _killed_mid_training(project, env)

@@ -27,8 +27,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from qsmrep.core.unet import ACTIVATIONS
 from qsmrep.run import runtime
-from qsmrep.run.config import Config
-from qsmrep.bench.headline import ACTIVATION, CHANNELS
+from qsmrep.bench.headline import ACTIVATION, CHANNELS, adopted_config
+from qsmrep.bench.plan import base_spec
 from qsmrep.bench.rows import make_row
 from qsmrep.bench.steps import StepSpec, prepare_step, timed_step
 
@@ -96,9 +96,8 @@ def profile_step(spec: StepSpec, iters: int = 3) -> dict:
 def breakdown_specs(profile: str, device: str, quick: bool = False) -> list[StepSpec]:
     """ELU 16 at the profile's batch and patch in the setting a run adopts on ``device``, then fp32 contiguous
     where that setting differs (not with ``quick``)."""
-    config = runtime.resolve(Config.from_profile(profile).replace(device=device))
-    base = StepSpec(activation=ACTIVATION, channels=CHANNELS, patch=config.patch_size, batch=config.batch_size,
-                    device=device, profile=profile, norm=config.norm, warmup=3)
+    config = adopted_config(profile, device)
+    base = replace(base_spec(profile, quick=False, device=device), activation=ACTIVATION, channels=CHANNELS)
     adopted = replace(base, precision=config.precision, channels_last=config.memory_format == "channels_last")
     plain = replace(base, precision="fp32", channels_last=False)
     return [adopted] if quick or adopted == plain else [adopted, plain]

@@ -200,8 +200,8 @@ def main(args) -> int:
     _log_machine(profile, device, quick)
     if out.save:
         _log(f"rows are written to {out.save} as they are measured")
-    use_monai = _monai_wanted(args)
-    if getattr(args, "breakdown", False):  # the CPU step's breakdown, on a GPU machine too
+    use_monai, breakdown = _monai_wanted(args), bool(getattr(args, "breakdown", False))
+    if breakdown:  # the CPU step's breakdown, on a GPU machine too
         for spec in breakdown_specs(profile, "cpu", quick):
             _log(f"profiling {spec.variant} patch {spec.patch} {spec.setting}")
             out(breakdown_rows(spec))
@@ -214,7 +214,7 @@ def main(args) -> int:
             _monai_comparison(out, profile, quick, device)
         _data_side(out, profile, quick, device)
     if not args.json:
-        print(breakdown_table(out.rows) if getattr(args, "breakdown", False) else summary_table(out.rows))
+        print(breakdown_table(out.rows) if breakdown else summary_table(out.rows))
     failed = [r for r in out.rows if r.get("error")]
     _log(f"done in {out.elapsed():.0f} s, {len(out.rows)} rows, {len(failed)} failed")
     return 1 if failed else 0

@@ -23,6 +23,11 @@ ACTIVATION, CHANNELS = "elu", 16
 VARIANT = f"{ACTIVATION}{CHANNELS}"
 
 
+def adopted_config(profile: str, device: str) -> Config:
+    """The profile's configuration with ``auto`` settings (precision, memory format, compile) resolved for ``device``."""
+    return runtime.resolve(Config.from_profile(profile).replace(device=device))
+
+
 def guard_verdict(device: str) -> str:
     """What the bf16 accuracy guard says on ``device``, in words."""
     dev = runtime.resolve_device(device)
@@ -45,7 +50,7 @@ def _row_of(rows: list[dict], precision: str, memory_format: str) -> dict | None
 def default_step_rows(rows: list[dict], profile: str, device: str) -> list[dict]:
     """One ``default_step`` row from the ``train_step`` rows in ``rows`` (none when ELU 16's default-setting
     step was not timed, e.g. cut by the ``--quick`` budget)."""
-    config = runtime.resolve(Config.from_profile(profile).replace(device=device))
+    config = adopted_config(profile, device)
     memory_format = "channels_last_3d" if config.memory_format == "channels_last" else "contiguous"
     default = _row_of(rows, config.precision, memory_format)
     if default is None:

@@ -29,7 +29,7 @@ def usable_settings(device: str) -> tuple[tuple[str, bool], ...]:
     return SETTINGS if bf16_usable(device) else tuple(s for s in SETTINGS if s[0] == "fp32")
 
 
-def _base_spec(profile: str, quick: bool, device: str) -> StepSpec:
+def base_spec(profile: str, quick: bool, device: str) -> StepSpec:
     """The profile's batch, arm and patch, with the iteration counts of a quick or a full run."""
     config = Config.from_profile(profile)
     return StepSpec(patch=config.patch_size, batch=config.batch_size, device=device, profile=profile,
@@ -38,7 +38,7 @@ def _base_spec(profile: str, quick: bool, device: str) -> StepSpec:
 
 def step_specs(profile: str, quick: bool, device: str) -> list[StepSpec]:
     """Our training-step cases at the profile's patch size (all variants, the usable settings; fewer when quick)."""
-    base = _base_spec(profile, quick, device)
+    base = base_spec(profile, quick, device)
     usable = usable_settings(device)
     specs = []
     for activation in registry.PAPER_ACTIVATIONS:
@@ -64,7 +64,7 @@ def comparison_specs(profile: str, quick: bool, device: str, done: list[dict]) -
 
     Quick: elu only, and at a new patch size only the setting that was fastest at the profile's patch.
     """
-    base = _base_spec(profile, quick, device)
+    base = base_spec(profile, quick, device)
     patches = sorted({*MONAI_PATCHES, base.patch})
     activations = ("elu",) if quick else registry.PAPER_ACTIVATIONS
     ours, monai = [], []

@@ -181,8 +181,9 @@ def cost_table(profile: str, root: str | Path | None = None, write: bool = True)
     finished runs, a level every finished run reaches and that a last-epoch spike cannot inflate; no machine changes
     it. ``seconds_to_target`` = ``iterations_to_target`` × seconds per iteration, the median epoch's pace: an epoch
     slowed by other work on the machine, or paused, does not count (``train_seconds`` is the plain sum).
-    Where the runs were timed on more than one machine, every variant's step is timed again here (``seconds_per_iteration_here``,
-    ``seconds_to_target_here``, ``timed_here_on``), so that their costs can still be compared on one machine.
+    Where the runs were timed on more than one machine, every variant's step is timed again here
+    (``seconds_per_iteration_here``, ``seconds_to_target_here``, ``timed_here_on``), so that their costs can still be
+    compared on one machine.
     """
     runs = [(config, folder, folder.history()) for config, folder in list_runs(profile, root)]
     targets = _target_levels(runs)
