@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
+from qsmrep.run import runfolder as runfolder_mod
 from qsmrep.run import runtime
 from qsmrep.core.synth import GENERATOR_VERSION
 from qsmrep.run import trainer as train_mod
@@ -201,18 +202,24 @@ def test_interrupted_and_resumed_run_is_identical(reference, tmp_path, monkeypat
     # 1) stop right after epoch 3 was fully written
     _stop_after_epoch(monkeypatch, cfg, tmp_path, 3)
     assert len(read_history(tmp_path)) == 3
-    # 2) crash in the middle of epoch 6 (iteration 2 of 4): epochs 4, 5 are kept
+    # 2) resume at another commit and crash in the middle of epoch 6 (iteration 2 of 4): epochs 4, 5 are kept
+    monkeypatch.setattr(runfolder_mod, "code_commit", lambda: "resumed2")
     inject(monkeypatch, at_call=2 * cfg.iterations + 2, kind="raise")
     with pytest.raises(Boom):
         train(cfg, tmp_path, progress=False)
     monkeypatch.undo()
     assert len(read_history(tmp_path)) == 5
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 5
-    # 3) finish, on another machine: the run says it trained on both
+    # 3) finish, on another machine and at a third commit: the run names both machines and every commit
     monkeypatch.setattr(runtime, "machine_label", lambda device: "Other CPU, AVX2, 2 threads")
+    monkeypatch.setattr(runfolder_mod, "code_commit", lambda: "finished3")
     history = train(cfg, tmp_path, progress=False)
     monkeypatch.undo()
-    assert RunFolder(tmp_path).machines() == [RunFolder(ref_out).machines()[0], "Other CPU, AVX2, 2 threads"]
+    resumed = RunFolder(tmp_path)
+    assert resumed.machines() == [RunFolder(ref_out).machines()[0], "Other CPU, AVX2, 2 threads"]
+    assert resumed.commits() == [RunFolder(ref_out).commits()[0], "resumed2", "finished3"]
+    assert [r["epoch"] for r in resumed.meta()["resumes"]] == [4, 6]
+    assert RunFolder(ref_out).commits() == [runfolder_mod.code_commit()]  # started and finished at one commit
     pd.testing.assert_frame_equal(_numbers(history), _numbers(ref_history))
     pd.testing.assert_frame_equal(_numbers(read_history(tmp_path)), _numbers(read_history(ref_out)))
     for name in ("last.pt", checkpoint_name(cfg.epochs), checkpoint_name(cfg.early)):

@@ -3,7 +3,8 @@
 Layout of a run folder::
 
     config.yaml    the resolved configuration (written first; a different config is refused)
-    run.json       generator version, torch version and commit that started the run; the machines it trained on
+    run.json       generator version, torch version and commit that started the run; the machines it trained on;
+                   the epoch, commit and time of each resume
     history.csv    one row per finished epoch (epoch, train_loss, …, val_loss, val_nrmse, seconds, …)
     last.pt        model + optimiser + history after the last finished epoch (the resume point)
     epoch_EEE.pt   checkpoints at the early epoch (20 % of the budget) and the last epoch
@@ -212,6 +213,20 @@ class RunFolder:
         if machine not in meta.setdefault("machines", []):
             meta["machines"].append(machine)
             files.write_json(self.file(self.META), meta)
+
+    def note_resume(self, epoch: int) -> None:
+        """Note in the meta that the run resumes at ``epoch`` with this checkout's code, so that a run trained across
+        several sittings names every commit it trained at (:meth:`commits`)."""
+        meta = self.meta()
+        meta.setdefault("resumes", []).append({"epoch": int(epoch), "commit": code_commit(), "at": _now()})
+        files.write_json(self.file(self.META), meta)
+
+    def commits(self) -> list[str]:
+        """The commits the run trained at, in order, each once: where it started, where it resumed
+        (:meth:`note_resume`), where it finished (``DONE.json``)."""
+        meta = self.meta()
+        found = [meta.get("commit"), *(r.get("commit") for r in meta.get("resumes", [])), (self.done() or {}).get("commit")]
+        return list(dict.fromkeys(str(c) for c in found if c))
 
     def machines(self) -> list[str]:
         """The machines the run trained on (:meth:`add_machine`); empty for a run started before 2026-12-06."""

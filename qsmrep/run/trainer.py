@@ -207,6 +207,7 @@ class Trainer:
         if context.is_main:
             run.add_machine(runtime.machine_label(self.device))
         if start_epoch > 1 and context.is_main:
+            run.note_resume(start_epoch)
             _log(f"train {config.variant} ({config.arm}, seed {config.seed}): resuming {run.path} from epoch "
                  f"{start_epoch} of {config.epochs}")
         if self.data is None:

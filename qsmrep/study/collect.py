@@ -30,12 +30,13 @@ def list_runs(profile: str, root: str | Path | None = None, kind: str = "runs") 
 
 
 def trained_commits(profile: str, root: str | Path | None = None) -> dict[str, list[str]]:
-    """Commits at which the finished runs of each kind were trained (their ``DONE.json``), by kind, sorted."""
+    """Commits at which the finished runs of each kind were trained (started, resumed and finished:
+    :meth:`~qsmrep.run.runfolder.RunFolder.commits`), by kind, sorted."""
     commits = {}
     for kind in KINDS:
-        found = {str((folder.done() or {}).get("commit", "")) for _, folder in list_runs(profile, root, kind)}
-        if found - {""}:
-            commits[kind] = sorted(found - {""})
+        found = {c for _, folder in list_runs(profile, root, kind) if folder.done() for c in folder.commits()}
+        if found:
+            commits[kind] = sorted(found)
     return commits
 
 
@@ -79,7 +80,7 @@ def run_status_table(profile: str, root: str | Path | None = None, write: bool =
         done = folder.done() or {}
         rows.append({**labels(config), "status": folder.status(), "precision": config.precision,
                      "memory_format": config.memory_format, "grad_clip": config.grad_clip,
-                     **divergence_of(folder.history(), done), "trained_at_commit": done.get("commit", "")})
+                     **divergence_of(folder.history(), done), "trained_at_commit": " ".join(folder.commits()) if done else ""})
     return _write(pd.DataFrame(rows), profile, root, "run_status.csv", write)
 
 
