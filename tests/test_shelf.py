@@ -12,7 +12,7 @@ import pytest
 from qsmrep.run.config import Config
 from qsmrep.run.evaluate import crop_check, evaluate_runs
 from qsmrep.run.runfolder import RunFolder
-from qsmrep.run.scores import record_path
+from qsmrep.run.scores import identity, load, record_path, save
 from qsmrep.run.trainer import train
 from qsmrep.study.collect import checkpoints_for_evaluation
 from qsmrep.study.plan import RunSpec
@@ -101,3 +101,19 @@ def test_a_shelved_run_of_another_scale_is_not_restored(trained, tmp_path):
     with pytest.raises(ValueError, match="another epochs"):
         unshelve("smoke", [spec], other)
     assert not spec.folder(other).exists()
+
+
+def test_a_diverged_models_kept_predictions_saturate_at_the_float16_range(tmp_path):
+    config = Config.from_profile("smoke")
+    evaluation = identity(config, None, 1)
+    big = np.array([[3.5e5, -2.0e6, 1.25, np.inf], [-np.inf, 0.0, 65504.0, -0.5]], dtype=np.float32)
+    path = save(tmp_path / "epoch_010.pt", config, 10, evaluation, {}, {"pred_0": big})
+    with np.load(path.with_suffix(".npz")) as stored:
+        assert stored["pred_0"].dtype == np.float16 and np.isfinite(stored["pred_0"]).all()
+    *_, arrays = load(path, evaluation)
+    np.testing.assert_array_equal(arrays["pred_0"], np.clip(big, -65504.0, 65504.0))
+    # a record written before the rule, with float16 infinities in it, reads the same
+    with np.errstate(over="ignore"):
+        np.savez_compressed(path.with_suffix(".npz"), pred_0=big.astype(np.float16))
+    *_, arrays = load(path, evaluation)
+    np.testing.assert_array_equal(arrays["pred_0"], np.clip(big, -65504.0, 65504.0))

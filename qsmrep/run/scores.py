@@ -5,7 +5,10 @@ scores, ``scores_EEE.json``: that checkpoint's rows of ``metrics_per_map``, ``me
 ``dead_units``, its configuration, the identity of the evaluation (the test maps' data fields, the noise SNR, how
 many predictions were kept), the commit that scored it and, once :mod:`qsmrep.study.shelf` has computed it for a final
 checkpoint, its crop check; and ``scores_EEE.npz``: its predictions for ``arrays.npz`` (the images of Figures 3 and 4),
-stored as float16 (relative rounding ≤ 2⁻¹¹; the tables' numbers were computed from the float32 predictions).
+stored as float16 (relative rounding ≤ 2⁻¹¹; the tables' numbers were computed from the float32 predictions). float16
+has no finite value beyond ±65504 (ppm here): a diverged model's predictions beyond it are stored saturated at ±65504,
+so that its figures draw them at the colour scale's ends (an infinity would be drawn as a masked, blank voxel, in the
+error maps the colour of no error); :func:`load` reads infinities in records written before this rule the same way.
 
 A record replaces its checkpoint only where the checkpoint is absent (a run restored from
 ``reference/<profile>/trained/``, which keeps no weights): a checkpoint that is there is always scored anew, since the
@@ -26,6 +29,8 @@ from qsmrep.run.gitinfo import code_commit
 
 #: the tables a record holds, each a list of rows (dicts)
 TABLES = ("clean", "noisy", "phantom", "dead")
+#: the largest finite float16 (65504): kept predictions are saturated at ± this
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 def record_path(checkpoint: str | Path) -> Path:
@@ -49,11 +54,16 @@ def save(checkpoint: str | Path, config: Config, epoch: int, evaluation: dict, t
          arrays: dict[str, np.ndarray]) -> Path:
     """Write the record of ``checkpoint`` (module docstring); its path."""
     path = record_path(checkpoint)
-    files.save_npz(path.with_suffix(".npz"), **{k: np.asarray(v, dtype=np.float16) for k, v in arrays.items()})
+    files.save_npz(path.with_suffix(".npz"), **{k: _saturated(v).astype(np.float16) for k, v in arrays.items()})
     files.write_text(path, json.dumps({
         "epoch": int(epoch), "config": config.to_dict(), "evaluation": evaluation, "scored_at_commit": code_commit(),
         "tables": {name: tables.get(name, []) for name in TABLES}}, indent=1, default=_plain) + "\n")
     return path
+
+
+def _saturated(values) -> np.ndarray:
+    """``values`` as float32 clipped to ±:data:`FLOAT16_MAX` (infinities included; NaN stays NaN)."""
+    return np.clip(np.asarray(values, dtype=np.float32), -FLOAT16_MAX, FLOAT16_MAX)
 
 
 def _plain(value):
@@ -83,7 +93,7 @@ def load(path: str | Path, evaluation: dict) -> tuple[Config, int, dict[str, lis
             raise ValueError(f"evaluate: {path} was scored with {part} {have!r}, this evaluation uses {want!r}; the run's "
                              "weights are gone, so it cannot be scored anew (retrain it, or evaluate as it was scored)")
     with np.load(path.with_suffix(".npz")) as stored:
-        arrays = {key: stored[key].astype(np.float32) for key in stored.files}
+        arrays = {key: _saturated(stored[key]) for key in stored.files}
     return Config.from_dict(record["config"]), int(record["epoch"]), record["tables"], arrays
 
 
