@@ -2,24 +2,26 @@
 # One sitting of a study too long for one (the cpu-long reference: 36 trainings, 16-30 h on two cores), on a machine
 # that keeps nothing but the repository between sittings:
 #   1. restores the study's finished runs kept in reference/<profile>/trained/ (python -m qsmrep unshelve);
-#   2. trains the runs still to do, the widest (longest) first, --jobs at a time on the cores split between them
-#      (python -m qsmrep status --todo; one 'python -m qsmrep job train' each);
+#   2. trains the runs still to do, the widest (longest) first, --jobs at a time, each on --threads threads (default:
+#      the cores split between the jobs; python -m qsmrep status --todo; one 'python -m qsmrep job train' each);
 #   3. after each finished training, keeps every finished run in reference/<profile>/trained/ without weights
 #      (python -m qsmrep shelve, which scores the new run's checkpoints first), so that a sitting cut off at any
 #      moment loses only the trainings in progress. Commit reference/<profile>/trained/ before the machine goes.
 # When no training is left, ./run_all.sh with the same options evaluates, draws and renders the report.
 #   scripts/train_sitting.sh --profile cpu-long --arm batch --seeds 3 --jobs 2
+#   scripts/train_sitting.sh --profile cpu-long --arm none --seeds 3 --jobs 1 --threads 1   # beside other work
 set -euo pipefail
 die() { echo "train_sitting.sh: error: $*" >&2; exit 2; }
-PROFILE=cpu ARM= SEEDS=1 JOBS=1
+PROFILE=cpu ARM= SEEDS=1 JOBS=1 THREADS=
 while [ $# -gt 0 ]; do
   case "$1" in
-    --profile|--arm|--seeds|--jobs) [ $# -ge 2 ] || die "$1 needs a value"; declare "$(tr a-z A-Z <<< "${1#--}")=$2"; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0" | cut -c3-; exit 0 ;;
+    --profile|--arm|--seeds|--jobs|--threads) [ $# -ge 2 ] || die "$1 needs a value"; declare "$(tr a-z A-Z <<< "${1#--}")=$2"; shift 2 ;;
+    -h|--help) sed -n '2,12p' "$0" | cut -c3-; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
 done
-for n in SEEDS JOBS; do [[ "${!n}" =~ ^[1-9][0-9]*$ ]] || die "--${n,,} must be a positive integer, got '${!n}'"; done
+positive() { [[ "${!1}" =~ ^[1-9][0-9]*$ ]] || die "--${1,,} must be a positive integer, got '${!1}'"; }
+positive SEEDS; positive JOBS; THREADS=${THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))}; positive THREADS
 source "$(cd "$(dirname "$0")" && pwd)/ensure_env.sh"
 cd "$ROOT"
 "$PY" -m qsmrep.registry profile "$PROFILE" || exit 2
@@ -31,7 +33,7 @@ flock -n 9 || die "another run_all.sh or sitting is writing results/$PROFILE (lo
 mapfile -t TODO < <("$PY" -m qsmrep status "${STUDY[@]}" --todo)
 echo "==> $(date -u +%H:%M) UTC: ${#TODO[@]} trainings to do, $JOBS at a time: ${TODO[*]:-none}"
 [ ${#TODO[@]} -gt 0 ] || exit 0
-THREADS=$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))
+echo "    threads per training: $THREADS ($(nproc) cores)"
 export PY PROFILE OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 # each job: train, then shelve under a lock of its own (two finishing at once must not copy the same run together)
 printf '%s\n' "${TODO[@]}" | xargs -P "$JOBS" -I{} sh -c \
