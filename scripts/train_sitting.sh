@@ -12,7 +12,7 @@
 #   scripts/train_sitting.sh --profile cpu-long --arm none --seeds 3 --jobs 1 --threads 1   # beside other work
 set -euo pipefail
 die() { echo "train_sitting.sh: error: $*" >&2; exit 2; }
-PROFILE=cpu ARM= SEEDS=1 JOBS=1 THREADS=
+PROFILE=cpu ARM= SEEDS=1 JOBS=1 THREADS=auto
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile|--arm|--seeds|--jobs|--threads) [ $# -ge 2 ] || die "$1 needs a value"; declare "$(tr a-z A-Z <<< "${1#--}")=$2"; shift 2 ;;
@@ -21,7 +21,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 positive() { [[ "${!1}" =~ ^[1-9][0-9]*$ ]] || die "--${1,,} must be a positive integer, got '${!1}'"; }
-positive SEEDS; positive JOBS; THREADS=${THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))}; positive THREADS
+CORES=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc alone follows the OpenMP variables
+positive SEEDS; positive JOBS; [ "$THREADS" != auto ] || THREADS=$(( CORES / JOBS > 0 ? CORES / JOBS : 1 )); positive THREADS
 source "$(cd "$(dirname "$0")" && pwd)/ensure_env.sh"
 cd "$ROOT"
 "$PY" -m qsmrep.registry profile "$PROFILE" || exit 2
@@ -33,7 +34,7 @@ flock -n 9 || die "another run_all.sh or sitting is writing results/$PROFILE (lo
 mapfile -t TODO < <("$PY" -m qsmrep status "${STUDY[@]}" --todo)
 echo "==> $(date -u +%H:%M) UTC: ${#TODO[@]} trainings to do, $JOBS at a time: ${TODO[*]:-none}"
 [ ${#TODO[@]} -gt 0 ] || exit 0
-echo "    threads per training: $THREADS ($(nproc) cores)"
+echo "    threads per training: $THREADS ($CORES cores)"
 export PY PROFILE OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 # each job: train, then shelve under a lock of its own (two finishing at once must not copy the same run together)
 printf '%s\n' "${TODO[@]}" | xargs -P "$JOBS" -I{} sh -c \

@@ -212,7 +212,7 @@ def test_run_all_smoke_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_sittings_keep_each_finished_training_and_resume_from_the_shelf(tmp_path):
     """scripts/train_sitting.sh on the smoke study (six trainings, two at a time), cut off (SIGKILL) once a training
-    is on the shelf, then started on a 'new machine' (results/ gone) with one thread per training: it restores what
+    is on the shelf, then started on a 'new machine' (results/ gone) with three threads per training: it restores what
     was kept and plans only the rest, the widest first (that sitting is stopped there: the trainings themselves are
     the end-to-end test's)."""
     project, env = _copy_project(tmp_path), _two_gpu_env(tmp_path)
@@ -238,13 +238,13 @@ def test_sittings_keep_each_finished_training_and_resume_from_the_shelf(tmp_path
     assert len(list(shelf.rglob("scores_*.json"))) == 2 * len(kept)  # early and final checkpoint of each
 
     shutil.rmtree(results)
-    second, log = start("--threads", "1"), ""
+    second, log = start("--threads", "3"), ""  # not the default, nproc / --jobs, on any machine
     for line in second.stdout:
         log += line
         if "threads per training" in line:
             break
     stop(second)
-    assert f"restored {len(kept)} finished runs" in log and "threads per training: 1 (" in log, log
+    assert f"restored {len(kept)} finished runs" in log and "threads per training: 3 (" in log, log
     planned = re.search(r"trainings to do, 2 at a time: (.*)", log).group(1).split()
     assert len(planned) == 6 - len(kept) and not {f"runs/batch/{name}" for name in kept} & set(planned), planned
     assert [int(re.search(r"(\d+)_s0$", key).group(1)) for key in planned] == sorted(
