@@ -5,6 +5,7 @@ publish-reference is the one way into reference/<profile>/."""
 
 from __future__ import annotations
 
+import functools
 import html as html_lib
 import json
 import os
@@ -42,7 +43,9 @@ def published(request) -> str:
     return request.param
 
 
+@functools.lru_cache(maxsize=None)
 def _report(profile: str) -> str:
+    """The committed report of ``profile``, HTML entities unescaped (read once per test session)."""
     path = ROOT / "reference" / profile / "report.html"
     assert path.exists(), f"the committed {profile} reference report is missing"
     return html_lib.unescape(path.read_text(encoding="utf-8"))
@@ -127,7 +130,8 @@ def test_the_cpu_long_batch_arm_levels_off_and_learns_the_inversion():
     results = ROOT / "reference" / "cpu-long"
     config = Config.load(results / STUDY_CONFIG)
     histories = pd.read_csv(results / "histories.csv")
-    section = _section(_report("cpu-long"), "batch")
+    report = _report("cpu-long")
+    section = _section(report, "batch")
     levelled = {}
     for (activation, channels, seed), run in histories[histories.arm == "batch"].groupby(
             ["activation", "channels", "seed"]):
@@ -148,8 +152,8 @@ def test_the_cpu_long_batch_arm_levels_off_and_learns_the_inversion():
     means = final.groupby("model").nrmse.mean()
     assert len(means) == len(registry.PAPER_VARIANTS) and means.min() <= 20.0 and means.max() <= 30.0, means
     baselines = ", ".join(f"{m} {scores[scores.model == m].nrmse.mean():.1f} %" for m in ("TKD", "Tikhonov"))
-    assert f"the networks range from {means.min():.1f} to {means.max():.1f} %" in _report("cpu-long")
-    assert f"reach {baselines}: the best network's error is" in _report("cpu-long")
+    assert f"the networks range from {means.min():.1f} to {means.max():.1f} %" in report
+    assert f"reach {baselines}: the best network's error is" in report
 
 
 def _git(*args) -> list[str]:
