@@ -43,9 +43,9 @@ def published(request) -> str:
     return request.param
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _report(profile: str) -> str:
-    """The committed report of ``profile``, HTML entities unescaped (read once per test session)."""
+    """The committed report of ``profile``, HTML entities unescaped (read once per test process)."""
     path = ROOT / "reference" / profile / "report.html"
     assert path.exists(), f"the committed {profile} reference report is missing"
     return html_lib.unescape(path.read_text(encoding="utf-8"))
