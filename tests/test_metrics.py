@@ -304,11 +304,32 @@ def test_summarize_against_numpy():
     assert single.n == 1 and single.nrmse_sd == 0.0
 
     s1 = M.summarize(table, "act", metrics="nrmse")
-    assert list(s1.columns) == ["act", "n", "nrmse_mean", "nrmse_sd"]
+    assert list(s1.columns) == ["act", "n", "nrmse_mean", "nrmse_sd", "nrmse_n"]
     elu = table[table.act == "elu"].nrmse.to_numpy()
     row = s1[s1.act == "elu"].iloc[0]
     assert row.nrmse_mean == pytest.approx(elu.mean())
     assert row.nrmse_sd == pytest.approx(elu.std(ddof=1))
+
+
+def test_summarize_counts_the_defined_values_and_skips_the_undefined():
+    """An undefined metric (NaN, e.g. the dNRMSE of a constant prediction) is left out of mean and
+    sd, and ``<metric>_n`` says how many values these rest on, against numpy's nan-aware reductions."""
+    dnrmse = np.array([12.0, 15.0, np.nan, 20.0, np.nan, np.nan, np.nan, 30.0])
+    table = pd.DataFrame({"model": ["a"] * 4 + ["b"] * 3 + ["c"], "dnrmse": dnrmse, "nrmse": np.arange(8.0)})
+    s = M.summarize(table, "model").set_index("model")
+    assert list(s.n) == [4, 3, 1]
+    assert list(s.dnrmse_n) == [3, 0, 1] and list(s.nrmse_n) == [4, 3, 1]
+    assert s.loc["a", "dnrmse_mean"] == pytest.approx(np.nanmean(dnrmse[:4]))
+    assert s.loc["a", "dnrmse_sd"] == pytest.approx(np.nanstd(dnrmse[:4], ddof=1))
+    assert np.isnan(s.loc["b", "dnrmse_mean"]) and np.isnan(s.loc["b", "dnrmse_sd"])
+    assert s.loc["c", "dnrmse_mean"] == 30.0 and s.loc["c", "dnrmse_sd"] == 0.0
+
+    cells = M.format_summary(s.reset_index(), "dnrmse", 1)
+    assert cells == [M.format_mean_sd(np.nanmean(dnrmse[:4]), np.nanstd(dnrmse[:4], ddof=1), 1) + " (3 of 4 defined)",
+                     "undefined (0 of 3)", "30.0 ± 0.0"]
+    assert M.format_summary(s.reset_index(), "nrmse", 1)[1] == M.format_mean_sd(5.0, 1.0, 1)
+    older = s.reset_index().drop(columns=["nrmse_n", "dnrmse_n"])  # a table written before the count existed
+    assert M.format_summary(older, "nrmse", 1) == M.format_summary(s.reset_index(), "nrmse", 1)
 
 
 def test_format_mean_sd():

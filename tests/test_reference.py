@@ -19,7 +19,7 @@ import pytest
 
 from qsmrep import registry
 from qsmrep.run.config import Config
-from qsmrep.core.metrics import format_mean_sd
+from qsmrep.core.metrics import format_summary
 from qsmrep.study.claims import evaluate_claims
 from qsmrep.study.html import external_references
 from qsmrep.study.plan import STUDY_CONFIG, study_config
@@ -91,9 +91,9 @@ def test_report_is_self_contained(published):
 def test_report_numbers_match_the_csv_tables(published):
     report = _report(published)
     summary = pd.read_csv(ROOT / "reference" / published / "metrics_summary.csv")
-    for row in summary.itertuples():
-        assert format_mean_sd(row.nrmse_mean, row.nrmse_sd, 1) in report, row.model
-        assert format_mean_sd(row.ssim_mean, row.ssim_sd, 3) in report, row.model
+    for name in ("nrmse", "dnrmse", "hfen", "ssim", "xsim"):
+        for model, cell in zip(summary.model, format_summary(summary, name, 3 if name in ("ssim", "xsim") else 1)):
+            assert cell in report, (model, name)
 
 
 @pytest.mark.parametrize("profile, arm", PROFILE_ARMS)

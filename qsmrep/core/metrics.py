@@ -28,8 +28,8 @@ name        definition                                             unit      bet
 
 ``METRICS`` maps each name to its function and ``HIGHER_IS_BETTER`` to its direction (the
 fastMRI ``evaluate.py`` pattern). ``compute_metrics`` evaluates several at once,
-``summarize`` reduces a results table to mean ± sd per group, and ``format_mean_sd`` prints
-one such pair.
+``summarize`` reduces a results table to mean ± sd per group (with the count of defined values),
+``format_mean_sd`` prints one such pair and ``format_summary`` a column of them.
 
 Bad input (shapes differ, not 3D, non-finite values, empty mask, constant reference) raises
 ``ValueError`` naming the offending argument.
@@ -60,6 +60,7 @@ __all__ = [
     "compute_metrics",
     "summarize",
     "format_mean_sd",
+    "format_summary",
     "HFEN_SIGMA",
 ]
 
@@ -236,9 +237,11 @@ def summarize(table: pd.DataFrame, by: list[str] | str, metrics=None) -> pd.Data
 
     Returns:
         One row per group: the ``by`` columns, ``n`` (rows in the group), then
-        ``<metric>_mean`` and ``<metric>_sd`` for each metric. The sd is the sample standard
-        deviation (ddof = 1); for a group of a single row it is reported as 0 (not NaN).
-        NaN metric values (e.g. an undefined dNRMSE) are skipped by mean and sd.
+        ``<metric>_mean``, ``<metric>_sd`` and ``<metric>_n`` for each metric. NaN metric values
+        (e.g. the dNRMSE of a constant prediction, which is undefined) are skipped by mean and sd,
+        and ``<metric>_n`` counts the values that are defined, so a mean over fewer rows than ``n``
+        shows. The sd is the sample standard deviation (ddof = 1) of the defined values; of a
+        single defined value it is reported as 0, of none as NaN (as is the mean).
     """
     by = [by] if isinstance(by, str) else list(by)
     missing = [c for c in by if c not in table.columns]
@@ -257,8 +260,10 @@ def summarize(table: pd.DataFrame, by: list[str] | str, metrics=None) -> pd.Data
     grouped = table.groupby(by, sort=True, dropna=False)
     out = grouped.size().rename("n").to_frame()
     for c in metrics:
+        defined = grouped[c].count()
         out[f"{c}_mean"] = grouped[c].mean()
-        out[f"{c}_sd"] = grouped[c].std(ddof=1).where(out["n"] > 1, 0.0)
+        out[f"{c}_sd"] = grouped[c].std(ddof=1).where(defined != 1, 0.0)
+        out[f"{c}_n"] = defined
     return out.reset_index()
 
 
@@ -266,3 +271,18 @@ def format_mean_sd(mean: float, sd: float, digits: int = 1) -> str:
     """Format ``mean ± sd`` with ``digits`` decimals, e.g. ``format_mean_sd(12.34, 0.4)`` →
     ``"12.3 ± 0.4"``."""
     return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def format_summary(summary: pd.DataFrame, metric: str, digits: int = 1) -> list[str]:
+    """``mean ± sd`` of ``metric`` for each row of a :func:`summarize` table, saying where it
+    rests on fewer values than the group has rows: ``"21.4 ± 3.0 (20 of 30 defined)"``, or
+    ``"undefined (0 of 30)"`` when no value was defined. A table without ``<metric>_n`` (written
+    before that column existed) is taken as fully defined."""
+    defined = summary[f"{metric}_n"] if f"{metric}_n" in summary else summary["n"]
+    cells = []
+    for mean, sd, k, n in zip(summary[f"{metric}_mean"], summary[f"{metric}_sd"], defined, summary["n"]):
+        if k == 0:
+            cells.append(f"undefined (0 of {n})")
+        else:
+            cells.append(format_mean_sd(mean, sd, digits) + (f" ({k} of {n} defined)" if k < n else ""))
+    return cells
