@@ -3,11 +3,11 @@
 # the baselines are re-scored from the generator (qsmrep.study.rescore), Figure 2 and S1 are redrawn from
 # histories.csv, and the report is rendered again. Figures 3 and 4 need the networks' predictions (arrays.npz,
 # made from the checkpoints) and are kept as they are; the report says so.
-#   scripts/rerender_reference.sh [PROFILE] [ARMS] [SEEDS]      default: cpu batch,none 4
+#   scripts/rerender_reference.sh [PROFILE] [ARMS] [SEEDS]      default: cpu-long batch,none 3
 set -euo pipefail
 source "$(cd "$(dirname "$0")" && pwd)/ensure_env.sh"
 cd "$ROOT"
-PROFILE=${1:-cpu} ARMS=${2:-batch,none} SEEDS=${3:-4}
+PROFILE=${1:-cpu-long} ARMS=${2:-batch,none} SEEDS=${3:-3}
 RES=results/$PROFILE NB=results/$PROFILE/notebooks REF=reference/$PROFILE
 [ -f "$REF/metrics_per_map.csv" ] || { echo "error: no committed tables in $REF" >&2; exit 2; }
 # the scale the tables were made at (its maps, epochs, early checkpoint), which the profile may no longer have

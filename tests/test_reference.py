@@ -1,7 +1,6 @@
-"""The committed reference results (reference/cpu/: both arms at the earlier 400-iteration scale; reference/cpu-long/:
-the arms published so far, issue 23's re-scaled study): every arm and variant present with its seeds, the report says
-what the CSVs say, and the cpu-long batch arm meets issue 23's bar; runs never write a tracked file, and
-publish-reference is the one way into reference/<profile>/."""
+"""The committed reference results (reference/cpu-long/: issue 23's re-scaled study, both arms, three seeds): every
+arm and variant present with its seeds, the report says what the CSVs say, and the batch arm meets issue 23's bar;
+runs never write a tracked file, and publish-reference is the one way into reference/<profile>/."""
 
 from __future__ import annotations
 
@@ -27,7 +26,7 @@ from qsmrep.study.reference import PROVENANCE, REQUIRED, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 #: each committed reference: its seeds per variant, and its arms (all of them, or those its PROVENANCE.json names)
-PUBLISHED = {"cpu": 4, "cpu-long": 3}
+PUBLISHED = {"cpu-long": 3}
 
 
 def arms_of(profile: str) -> list[str]:
@@ -170,7 +169,7 @@ def test_runs_write_only_git_ignored_folders_and_the_reference_is_tracked():
     written = [f"results/{p}/{name}" for p in registry.PROFILE_NAMES
                for name in ("report.html", "metrics_summary.csv", "benchmarks/data.tsv", "runs/batch/elu16_s0/last.pt")]
     written += [f"figures/{p}/fig1_activations.png" for p in registry.PROFILE_NAMES] + ["models/elu16/epoch_050.pt"]
-    ignored = _git("check-ignore", "--no-index", *written, "reference/cpu/report.html", "results/bench/card.jsonl")
+    ignored = _git("check-ignore", "--no-index", *written, "reference/cpu-long/report.html", "results/bench/card.jsonl")
     assert sorted(ignored) == sorted(written)  # every run output ignored; the reference and the GPU rows are not
     tracked = [name for name in _git("ls-files", "results", "figures") if (ROOT / name).exists()]  # a clean clone's
     assert all(name.startswith("results/bench/") for name in tracked), tracked[:3]
@@ -271,5 +270,5 @@ def test_what_the_tables_know_about_a_checkpoint(tmp_path):
 def test_every_relative_link_of_the_readme_exists():
     links = re.findall(r"\]\(([^)#]+)\)", (ROOT / "README.md").read_text(encoding="utf-8"))
     local = [link for link in links if not re.match(r"\w+://", link)]
-    assert "reference/cpu/report.html" in local
+    assert "reference/cpu-long/report.html" in local
     assert [link for link in local if not (ROOT / link).exists()] == []

@@ -12,8 +12,8 @@ Per variant (one seed, one arm), from its own rows:
 
 and once for the study: the test maps rendered (n_test · render), the two baselines scored like a checkpoint,
 their parameter search on the CPU (:mod:`qsmrep.run.baselines`: every grid value on the first validation maps,
-noise-free and noisy), and the figure and report steps as the committed ``cpu`` reference measured them (its ``benchmarks/``; they
-draw slices and tables, which the map size changes little). Rows: ``validation_fraction`` (validation
+noise-free and noisy), and the figure and report steps as the committed reference (:data:`REPORT_REFERENCE`) measured
+them (its ``benchmarks/``; they draw slices and tables, which the map size changes little). Rows: ``validation_fraction`` (validation
 seconds per epoch over the epoch, per variant; target ≤ :data:`VALIDATION_TARGET` for every variant) and
 ``projection`` (hours; target ≤ :data:`PROJECTION_TARGET_HOURS` on one H100/H200).
 """
@@ -30,17 +30,19 @@ from qsmrep.study.plan import reference_dir, results_dir
 VALIDATION_TARGET, PROJECTION_TARGET_HOURS = 0.15, 6.0
 #: checkpoints evaluated per variant (the early one and the final one)
 CHECKPOINTS = 2
-#: the Snakemake steps of the report (figures, tables, the HTML) whose committed cpu-profile times are reused
+#: the Snakemake steps of the report (figures, tables, the HTML) whose committed times are reused
 REPORT_STEPS = ("data", "figure1", "figure2", "figure3", "figure4", "report")
+#: the profile of the committed reference whose report steps are reused (both arms, three seeds)
+REPORT_REFERENCE = "cpu-long"
 
 
 def report_seconds(folder: str | Path | None = None) -> float | None:
-    """Sum of the latest benchmark seconds of :data:`REPORT_STEPS` in ``folder`` (default: the committed cpu
-    reference's, ``reference/cpu/benchmarks``, or ``results/cpu/benchmarks`` where the reference is not there);
-    None where one is missing."""
+    """Sum of the latest benchmark seconds of :data:`REPORT_STEPS` in ``folder`` (default: the committed
+    reference's, ``reference/cpu-long/benchmarks``, or ``results/cpu-long/benchmarks`` where the reference is not
+    there); None where one is missing."""
     if folder is None:
-        folder = reference_dir("cpu") / "benchmarks"
-        folder = folder if folder.is_dir() else results_dir("cpu") / "benchmarks"
+        folder = reference_dir(REPORT_REFERENCE) / "benchmarks"
+        folder = folder if folder.is_dir() else results_dir(REPORT_REFERENCE) / "benchmarks"
     folder = Path(folder)
     total = 0.0
     for step in REPORT_STEPS:
