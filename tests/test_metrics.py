@@ -332,6 +332,12 @@ def test_summarize_counts_the_defined_values_and_skips_the_undefined():
     assert M.format_summary(older, "nrmse", 1) == M.format_summary(s.reset_index(), "nrmse", 1)
 
 
+def test_every_metric_has_its_report_digits():
+    assert list(M.REPORT_DIGITS) == list(M.METRICS)
+    assert M.format_summary(pd.DataFrame({"n": [2], "ssim_mean": [0.91234], "ssim_sd": [0.01234], "ssim_n": [2]}),
+                            "ssim") == ["0.912 ± 0.012"]
+
+
 def test_format_mean_sd():
     assert M.format_mean_sd(12.34, 0.4, 1) == "12.3 ± 0.4"
     assert M.format_mean_sd(0.91234, 0.01234, 3) == "0.912 ± 0.012"

@@ -61,6 +61,7 @@ __all__ = [
     "summarize",
     "format_mean_sd",
     "format_summary",
+    "REPORT_DIGITS",
     "HFEN_SIGMA",
 ]
 
@@ -273,11 +274,17 @@ def format_mean_sd(mean: float, sd: float, digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
-def format_summary(summary: pd.DataFrame, metric: str, digits: int = 1) -> list[str]:
-    """``mean ± sd`` of ``metric`` for each row of a :func:`summarize` table, saying where it
-    rests on fewer values than the group has rows: ``"21.4 ± 3.0 (20 of 30 defined)"``, or
-    ``"undefined (0 of 30)"`` when no value was defined. A table without ``<metric>_n`` (written
-    before that column existed) is taken as fully defined."""
+#: decimals each metric is reported with (percentages to 0.1, the similarity indices to 0.001)
+REPORT_DIGITS = {"nrmse": 1, "dnrmse": 1, "hfen": 1, "ssim": 3, "xsim": 3}
+
+
+def format_summary(summary: pd.DataFrame, metric: str, digits: int | None = None) -> list[str]:
+    """``mean ± sd`` of ``metric`` for each row of a :func:`summarize` table, with ``digits``
+    decimals (default :data:`REPORT_DIGITS`), saying where it rests on fewer values than the group
+    has rows: ``"21.4 ± 3.0 (20 of 30 defined)"``, or ``"undefined (0 of 30)"`` when no value was
+    defined. A table without ``<metric>_n`` (written before that column existed) is taken as fully
+    defined."""
+    digits = REPORT_DIGITS[metric] if digits is None else digits
     defined = summary[f"{metric}_n"] if f"{metric}_n" in summary else summary["n"]
     cells = []
     for mean, sd, k, n in zip(summary[f"{metric}_mean"], summary[f"{metric}_sd"], defined, summary["n"]):
